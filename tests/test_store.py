@@ -101,3 +101,30 @@ def test_empty_load(engine) -> None:  # type: ignore[no-untyped-def]
     with transaction(engine) as s:
         ids, mat = load_embeddings(s, 12345, "poi")
     assert ids == [] and mat.shape[0] == 0
+
+
+def test_images_are_refused_when_moved_or_changed(
+    engine, tiny_bundle: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from musecl_store.errors import ImageChangedError
+    from musecl_store.images import open_checked
+    from musecl_store.tables import City, Image
+
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    with transaction(engine) as s:
+        ingest_bundle(s, bundle)
+        src = s.scalar(select(City.source_path))
+        rows = s.execute(select(Image.path, Image.sha256).order_by(Image.path)).all()
+    assert src is not None
+    path, sha = rows[0]
+    img = open_checked(src, path, sha)
+    assert img.mode == "RGB" and img.size == (8, 8)
+    (bundle / path).write_bytes((bundle / rows[1][0]).read_bytes())  # other pixels, same name
+    with pytest.raises(ImageChangedError, match=f"image '{path}' .* changed since it was ingested"):
+        open_checked(src, path, sha)
+    (bundle / path).unlink()
+    with pytest.raises(ImageChangedError, match=r"no longer at .*re-ingest it"):
+        open_checked(src, path, sha)
