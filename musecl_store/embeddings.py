@@ -32,6 +32,7 @@ def put_embeddings(
     vectors: np.ndarray,
     revision: int,
     attention: Sequence[dict[str, float] | None] | None = None,
+    imputed: Sequence[bool] | None = None,
 ) -> int:
     """Insert one vector per region (rows of ``vectors``); returns the number of rows."""
     _check_kind(kind)
@@ -41,6 +42,7 @@ def put_embeddings(
             f"vectors must be (n_regions, dim); got {vectors.shape} for {len(region_pks)} regions"
         )
     att: Sequence[dict[str, float] | None] = attention or [None] * len(region_pks)
+    imp: Sequence[bool] = imputed if imputed is not None else [False] * len(region_pks)
     rows: list[dict[str, Any]] = [
         {
             "region_pk": int(pk),
@@ -49,9 +51,10 @@ def put_embeddings(
             "dim": vectors.shape[1],
             "vector": v,
             "attention": a,
+            "imputed": bool(m),
             "revision": revision,
         }
-        for pk, v, a in zip(region_pks, vectors, att, strict=True)
+        for pk, v, a, m in zip(region_pks, vectors, att, imp, strict=True)
     ]
     for i in range(0, len(rows), 5000):
         session.execute(insert(Embedding), rows[i : i + 5000])

@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -258,7 +259,23 @@ class Embedding(Base):
     dim: Mapped[int] = mapped_column(Integer)
     vector: Mapped[np.ndarray] = mapped_column(Vector())
     attention: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    imputed: Mapped[bool] = mapped_column(
+        Boolean,
+        default=False,
+        server_default=false(),
+        doc="the region lacks this modality; the vector is the modality's mean",
+    )
     revision: Mapped[int] = mapped_column(Integer)
+
+
+class TextEmbedding(Base):
+    """Cache of POI text embeddings by text encoder and content hash (re-runs skip them)."""
+
+    __tablename__ = "text_embeddings"
+
+    encoder: Mapped[str] = mapped_column(String(200), primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(32), primary_key=True)
+    vector: Mapped[np.ndarray] = mapped_column(Vector())
 
 
 class Prediction(Base):
