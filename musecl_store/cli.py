@@ -97,7 +97,8 @@ def main(ctx: click.Context, db: str | None) -> None:
     Quick start:
       musecl demo-city ./demo --seed 0 --regions 600
       musecl ingest ./demo
-      musecl info --city demo-0
+      musecl train --city demo-0
+      musecl evaluate --city demo-0 --log-target
     """
     settings = Settings.from_env()
     ctx.obj = Store(resolve_url(db, settings), settings)
@@ -287,6 +288,122 @@ def ingest(store: Store, bundle: str, check: bool, as_json: bool) -> None:
             click.echo(f"    {p}")
         if problems.total() > len(shown):
             click.echo("  (use --json for every listed row)")
+
+
+# ---------------------------------------------------------------------------- train, evaluate
+
+
+@main.command()
+@city_option
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="JSON file of training settings (see training/config.py for every key).",
+)
+@click.option(
+    "--epochs", type=click.IntRange(1), help="Image-encoder epochs (overrides the config)."
+)
+@click.option("--seed", type=int, help="Random seed (overrides the config).")
+@click.option(
+    "--checkpoint-dir",
+    type=click.Path(file_okay=False),
+    help="Where runs keep their checkpoints and model files.",
+)
+@click.option("--restart", is_flag=True, help="Ignore a checkpoint of the same run and start over.")
+@json_option
+@click.pass_obj
+@handle_errors
+def train(
+    store: Store,
+    city: str,
+    config_file: str | None,
+    epochs: int | None,
+    seed: int | None,
+    checkpoint_dir: str | None,
+    restart: bool,
+    as_json: bool,
+) -> None:
+    """Train MuseCL on a city and store its region embeddings as a new model version.
+
+    Region similarities (POI mix, mobility) pick contrastive triplets; ResNet-18 encoders
+    learn remote tiles and street views with a triplet loss; a pre-trained text encoder
+    embeds POI texts; attentive fusion is aligned to the text with InfoNCE. Every region gets
+    remote, street, poi and fused embeddings and attention weights. A run checkpoints after
+    every epoch and resumes from its last checkpoint when started again.
+    """
+    from training.config import TrainConfig
+    from training.trainer import train_city
+
+    overrides = {"epochs": epochs, "seed": seed, "checkpoint_dir": checkpoint_dir}
+    if config_file:
+        config = TrainConfig.from_file(config_file, **overrides)
+    else:
+        config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    log = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
+    with transaction(store.engine()) as session:
+        result = train_city(
+            session,
+            city,
+            config,
+            resume=not restart,
+            show_progress=False if as_json else None,
+            log=log,
+        )
+    if as_json:
+        emit(result.to_dict())
+    else:
+        click.echo(
+            f"model version {result.model_version_id} (revision {result.revision}) in "
+            f"{result.seconds:.0f} s; weights {result.checkpoint}"
+        )
+
+
+@main.command()
+@city_option
+@click.option("--model-version", type=int, help="Model version to score (default: the active one).")
+@click.option(
+    "--indicator",
+    "indicators",
+    multiple=True,
+    help="Indicator to score (repeatable; default: all of the city's).",
+)
+@click.option("--log-target", is_flag=True, help="Apply log1p to the targets (skewed counts).")
+@click.option(
+    "--folds", default=5, show_default=True, type=click.IntRange(2), help="Cross-validation folds."
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the folds and MLP heads.")
+@json_option
+@click.pass_obj
+@handle_errors
+def evaluate(
+    store: Store,
+    city: str,
+    model_version: int | None,
+    indicators: tuple[str, ...],
+    log_target: bool,
+    folds: int,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Score every embedding on every indicator: the paper's table.
+
+    Rows: counts (log POI-category and trip counts, no learning), remote, street, poi,
+    concat, add (remote+street) and fused (MuseCL). Each is scored by k-fold cross-validation
+    with the paper's MLP head (512-256-128-64) and with ridge: R², RMSE and MAPE, mean and
+    spread over folds. The records are saved into the model version's metrics.
+    """
+    from musecl_store.evaluation import EvalConfig, evaluate_city, markdown_table
+
+    cfg = EvalConfig(folds=folds, seed=seed, log_target=log_target)
+    with transaction(store.engine()) as session:
+        records = evaluate_city(
+            session, city, model_version=model_version, indicators=list(indicators) or None, cfg=cfg
+        )
+    if as_json:
+        emit(records)
+    else:
+        click.echo(markdown_table(records))
 
 
 # ---------------------------------------------------------------------------- info, cities

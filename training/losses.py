@@ -1,0 +1,23 @@
+"""The two MuseCL losses."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def triplet_loss(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float) -> Tensor:
+    """mean(max(0, |a - p|_2 - |a - n|_2 + margin)): L2 distances, as in the paper."""
+    return F.triplet_margin_loss(anchor, positive, negative, margin=margin, p=2)
+
+
+def info_nce(image: Tensor, text: Tensor, temperature: float) -> Tensor:
+    """In-batch InfoNCE between each region's fused image embedding and its text embedding.
+
+    Region i's own text is the positive; the other regions' texts in the batch are the
+    negatives (and symmetrically from text to image). Cosine similarities / temperature.
+    """
+    logits = F.normalize(image, dim=1) @ F.normalize(text, dim=1).T / temperature
+    target = torch.arange(image.shape[0], device=image.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))

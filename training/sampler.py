@@ -1,0 +1,56 @@
+"""Contrastive triplets for one visual modality.
+
+A triplet is (an image of anchor region i, an image of a region j among i's top-k most
+similar regions, j != i, an image of a region outside i's top-k and not i). Regions without
+images of the modality are never drawn; an anchor with no usable neighbour is skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+class TripletSampler:
+    """Draws triplets of image indices.
+
+    Args:
+        neighbours: (n_regions, k) top-k neighbour indices, -1 for none.
+        images_of: per region, the indices of its images of this modality.
+    """
+
+    def __init__(self, neighbours: np.ndarray, images_of: Sequence[Sequence[int]]):
+        self.neighbours = neighbours
+        self.images_of = [np.asarray(x, dtype=np.int64) for x in images_of]
+        self.has = np.array([len(x) > 0 for x in self.images_of])
+        self.with_images = np.flatnonzero(self.has)
+        self.positives = [[int(j) for j in row if j >= 0 and self.has[j]] for row in neighbours]
+
+    def anchors(self, regions: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """Regions usable as anchors: images, and at least one neighbour with images."""
+        pool = np.arange(len(self.images_of)) if regions is None else np.asarray(regions)
+        return np.array([i for i in pool if self.has[i] and self.positives[i]], dtype=np.int64)
+
+    def sample(self, anchors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One triplet per anchor region: an (n, 3) array of image indices."""
+        out = np.empty((len(anchors), 3), dtype=np.int64)
+        n_with = len(self.with_images)
+        for t, i in enumerate(anchors):
+            j = self.positives[i][int(rng.integers(len(self.positives[i])))]
+            banned = set(self.neighbours[i][self.neighbours[i] >= 0].tolist()) | {int(i)}
+            if n_with <= sum(1 for b in banned if self.has[b]):
+                raise ValueError(
+                    "too few regions with images to draw negatives outside the top-k; "
+                    "lower top_k in the config"
+                )
+            while True:
+                neg = int(self.with_images[int(rng.integers(n_with))])
+                if neg not in banned:
+                    break
+            out[t] = [self._image(i, rng), self._image(j, rng), self._image(neg, rng)]
+        return out
+
+    def _image(self, region: int, rng: np.random.Generator) -> int:
+        imgs = self.images_of[region]
+        return int(imgs[int(rng.integers(len(imgs)))])
