@@ -11,6 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# pyproj bundles its own PROJ; mod_spatialite links the system's. When SpatiaLite is loaded
+# first, the two PROJ copies' static destructors collide at exit (heap corruption). Loading
+# pyproj before any SpatiaLite connection avoids it, so this import must stay here.
+import pyproj  # noqa: F401
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
