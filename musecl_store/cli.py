@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import click
+import numpy as np
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
@@ -404,6 +405,292 @@ def evaluate(
         emit(records)
     else:
         click.echo(markdown_table(records))
+
+
+# ------------------------------------------------------------------ index, similar, features
+
+
+def _floats(value: str | None, n: int, what: str) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        parts = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != n:
+        raise click.BadParameter(f"expected {what}, got {value!r}")
+    return parts
+
+
+kind_option = click.option(
+    "--kind",
+    default="fused",
+    show_default=True,
+    type=click.Choice(["fused", "remote", "street", "poi"]),
+    help="Which embedding to use.",
+)
+model_option = click.option(
+    "--model-version", type=int, help="Model version (default: the city's active one)."
+)
+
+
+def _open_index(
+    store: Store,
+    session: Any,
+    city: str,
+    model_version: int | None,
+    kind: str,
+    index_type: str = "auto",
+) -> Any:
+    from musecl_store.index import IndexOptions, RegionIndex
+    from musecl_store.search import active_model_version
+
+    mv = model_version if model_version is not None else active_model_version(session, city)
+    return RegionIndex.open(
+        session, store.settings.index_dir, mv, kind, IndexOptions(index_type=index_type)
+    )
+
+
+@main.group()
+def index() -> None:
+    """Build and inspect the FAISS indexes (a cache of the database, one per model version
+    and kind, under MUSECL_INDEX_DIR, default ./.musecl-index)."""
+
+
+@index.command("build")
+@city_option
+@model_option
+@kind_option
+@click.option(
+    "--type",
+    "index_type",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "flat", "hnsw", "ivf"]),
+    help="Exact (flat) or approximate (hnsw, ivf); auto is exact up to 100k vectors.",
+)
+@json_option
+@click.pass_obj
+@handle_errors
+def index_build(
+    store: Store, city: str, model_version: int | None, kind: str, index_type: str, as_json: bool
+) -> None:
+    """Build (or rebuild) the index of a model version's embeddings."""
+    from musecl_store.index import IndexOptions, RegionIndex
+    from musecl_store.search import active_model_version
+
+    with transaction(store.engine()) as session:
+        mv = model_version if model_version is not None else active_model_version(session, city)
+        idx = RegionIndex.build(
+            session, store.settings.index_dir, mv, kind, IndexOptions(index_type=index_type)
+        )
+        status = idx.status()
+    if as_json:
+        emit(status)
+    else:
+        click.echo(
+            f"built {status['index_type']} index of {status['ntotal']} {kind} vectors "
+            f"(model version {mv}) at {status['path']}"
+        )
+
+
+@index.command("status")
+@city_option
+@model_option
+@kind_option
+@json_option
+@click.pass_obj
+@handle_errors
+def index_status(
+    store: Store, city: str, model_version: int | None, kind: str, as_json: bool
+) -> None:
+    """Open the index, catch it up with the database, and show its stamp."""
+    with transaction(store.engine()) as session:
+        status = _open_index(store, session, city, model_version, kind).status()
+    if as_json:
+        emit(status)
+    else:
+        what = "rebuilt" if status["rebuilt"] else f"caught up {status['caught_up']} rows"
+        click.echo(
+            f"{status['path']}: {status['index_type']}, {status['ntotal']} vectors, "
+            f"revision {status['revision']} ({what}; gpu: {status['gpu']})"
+        )
+
+
+@main.command()
+@city_option
+@click.argument("region_id", required=False)
+@click.option("-k", default=10, show_default=True, type=click.IntRange(1), help="How many regions.")
+@click.option("--point", metavar="LON,LAT", help="Query from the region containing this point.")
+@click.option(
+    "--bbox",
+    metavar="MINLON,MINLAT,MAXLON,MAXLAT",
+    help="Only regions whose centroid lies in this box.",
+)
+@click.option(
+    "--near", metavar="LON,LAT,KM", help="Only regions whose centroid is within KM of LON,LAT."
+)
+@click.option(
+    "--polygon",
+    metavar="WKT_OR_GEOJSON",
+    help="Only regions whose centroid lies in this polygon (WKT or GeoJSON).",
+)
+@click.option("--same-city", is_flag=True, help="Only regions of the query's city.")
+@click.option("--other-cities", is_flag=True, help="Only regions of other cities than the query's.")
+@click.option(
+    "--exclude-adjacent", is_flag=True, help="Leave out regions touching the query region."
+)
+@click.option("--geometry", is_flag=True, help="Include each region's GeoJSON geometry.")
+@click.option("--attention", is_flag=True, help="Include each region's fusion attention weights.")
+@model_option
+@kind_option
+@json_option
+@click.pass_obj
+@handle_errors
+def similar(
+    store: Store,
+    city: str,
+    region_id: str | None,
+    k: int,
+    point: str | None,
+    bbox: str | None,
+    near: str | None,
+    polygon: str | None,
+    same_city: bool,
+    other_cities: bool,
+    exclude_adjacent: bool,
+    geometry: bool,
+    attention: bool,
+    model_version: int | None,
+    kind: str,
+    as_json: bool,
+) -> None:
+    """The K regions most similar to REGION_ID (or to the region at --point).
+
+    Similarity is the cosine of the embeddings. With filters the answer is exact: equal to
+    brute force over the regions that pass them. JSON: a list of {"rank", "region_id",
+    "city", "score", "centroid"} (+ "geometry", "attention" when asked).
+    """
+    from musecl_store.search import Filters, Query, parse_polygon
+    from musecl_store.search import similar as find_similar
+
+    pt = _floats(point, 2, "LON,LAT")
+    if (region_id is None) == (pt is None):
+        raise click.UsageError("give a REGION_ID or --point LON,LAT (one of them)")
+    filters = Filters(
+        bbox=_floats(bbox, 4, "MINLON,MINLAT,MAXLON,MAXLAT"),  # type: ignore[arg-type]
+        polygon=parse_polygon(polygon) if polygon else None,
+        near=_floats(near, 3, "LON,LAT,KM"),  # type: ignore[arg-type]
+        same_city=same_city,
+        other_cities=other_cities,
+        exclude_adjacent=exclude_adjacent,
+    )
+    with transaction(store.engine()) as session:
+        idx = _open_index(store, session, city, model_version, kind)
+        hits = find_similar(
+            session,
+            idx,
+            Query(city=city, region_id=region_id, point=pt),  # type: ignore[arg-type]
+            k,
+            filters,
+            with_geometry=geometry,
+            with_attention=attention,
+        )
+    if as_json:
+        emit([h.to_dict() for h in hits])
+        return
+    if not hits:
+        click.echo("no region passes the filters")
+    for h in hits:
+        extra = ""
+        if h.attention:
+            extra = "  " + " ".join(f"{m}={w:.2f}" for m, w in h.attention.items())
+        click.echo(
+            f"{h.rank:>3}  {h.region_id:<20} {h.city:<16} {h.score:.4f}  "
+            f"({h.centroid[0]:.5f}, {h.centroid[1]:.5f}){extra}"
+        )
+
+
+@main.command()
+@city_option
+@click.option("--regions", metavar="ID,ID,...", help="Region ids (default: every region).")
+@click.option(
+    "--points",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CSV with lon,lat columns: the features of the region containing each point.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    default="csv",
+    show_default=True,
+    type=click.Choice(["csv", "json"]),
+    help="Output format.",
+)
+@click.option("--out", type=click.Path(dir_okay=False), help="Write here instead of stdout.")
+@model_option
+@kind_option
+@click.pass_obj
+@handle_errors
+def features(
+    store: Store,
+    city: str,
+    regions: str | None,
+    points: str | None,
+    fmt: str,
+    out: str | None,
+    model_version: int | None,
+    kind: str,
+) -> None:
+    """Embeddings for downstream models, by region id or by point, in one bulk read.
+
+    CSV columns: region_id,e0,...,e{d-1} (for --points: lon,lat first; a point in no region
+    has an empty region_id and empty values). JSON: a list of {"region_id", "vector"}.
+    """
+    import csv as csvmod
+
+    from musecl_store.features import lookup
+
+    pts = None
+    if points:
+        with open(points, newline="", encoding="utf-8-sig") as f:
+            reader = csvmod.DictReader(f)
+            if not reader.fieldnames or not {"lon", "lat"} <= set(reader.fieldnames):
+                raise click.BadParameter(
+                    f"{points} needs lon and lat columns", param_hint="--points"
+                )
+            try:
+                pts = [(float(r["lon"]), float(r["lat"])) for r in reader]
+            except ValueError as exc:
+                raise click.BadParameter(f"{points}: {exc}", param_hint="--points") from exc
+    ids = [r.strip() for r in regions.split(",") if r.strip()] if regions else None
+    with transaction(store.engine()) as session:
+        table = lookup(
+            session, city, kind=kind, model_version=model_version, region_ids=ids, points=pts
+        )
+    frame = table.to_frame()
+    if pts is not None:
+        frame.insert(0, "lat", [p[1] for p in pts])
+        frame.insert(0, "lon", [p[0] for p in pts])
+    if fmt == "csv":
+        text = frame.to_csv(index=False, float_format="%.7g")
+    else:
+        text = json.dumps(
+            [
+                {
+                    "region_id": r,
+                    "vector": None
+                    if v is None or np.isnan(v).any()
+                    else [round(float(x), 7) for x in v],
+                }
+                for r, v in zip(table.region_ids, table.matrix, strict=True)
+            ]
+        )
+    if out:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        click.echo(text, nl=False)
 
 
 # ---------------------------------------------------------------------------- info, cities

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func
+from sqlalchemy import func, literal_column, select, text
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import Session
-from sqlalchemy.sql import ColumnElement
+from sqlalchemy.sql import ColumnElement, Select
 
 # array_send() of a 1-D real[] without NULLs: a 20-byte header (ndim, has-null flag, element
 # type oid, length, lower bound), then per element a big-endian int32 length (always 4) and a
@@ -52,3 +52,26 @@ def decode_vectors(blobs: list[bytes], dim: int, dialect_name: str) -> np.ndarra
     if len(data) != 4 * dim * len(blobs):
         raise ValueError(f"vectors are not all of dimension {dim}")
     return np.frombuffer(data, dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
+
+
+def in_bbox(
+    table: str, column: Any, pk: Any, bbox: tuple[float, float, float, float], dialect_name: str
+) -> ColumnElement[bool]:
+    """A WHERE clause that keeps rows whose geometry's box meets ``bbox``, through the spatial
+    index: GiST's ``&&`` on PostGIS, the R*Tree behind SpatiaLite's ``SpatialIndex`` table.
+
+    It is a prefilter (boxes, not shapes): callers apply the exact test to what it keeps.
+    """
+    minx, miny, maxx, maxy = (float(v) for v in bbox)
+    if dialect_name == "postgresql":
+        return column.op("&&")(func.ST_MakeEnvelope(minx, miny, maxx, maxy, 4326))
+    frame: Select[Any] = (
+        select(literal_column("ROWID"))
+        .select_from(text("SpatialIndex"))
+        .where(
+            literal_column("f_table_name") == table,
+            literal_column("f_geometry_column") == column.key,
+            literal_column("search_frame") == func.BuildMbr(minx, miny, maxx, maxy, 4326),
+        )
+    )
+    return pk.in_(frame.scalar_subquery())

@@ -1,0 +1,348 @@
+"""Nearest-region search: from a region, a vector or a point, with exact spatial filters.
+
+Similarity is the cosine of the embeddings (inner product of L2-normalised vectors).
+Filters keep a region when its **centroid** lies in the bbox, in the polygon, or within the
+distance (geodesic, WGS84) of the point; ``same_city``/``other_cities`` compare with the
+query region's city; ``exclude_adjacent`` drops regions whose polygon touches the query's.
+
+With a filter the answer is exact — equal to brute force over the filtered set: the
+candidates come from SQL through the spatial index (a box prefilter, then the exact test),
+and when they are few (``brute_force_limit``) their vectors are scored directly; when they
+are many, the index is searched with a growing over-fetch until k candidates pass.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import shapely
+from geoalchemy2.shape import to_shape
+from pyproj import Geod
+from shapely.geometry.base import BaseGeometry
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from musecl_store import dialect
+from musecl_store.errors import MuseclError
+from musecl_store.index import RegionIndex
+from musecl_store.summary import get_city
+from musecl_store.tables import City, Embedding, ModelVersion, Region
+
+_GEOD = Geod(ellps="WGS84")
+
+
+class SearchError(MuseclError, ValueError):
+    """A query that cannot be answered as asked (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which regions may be answers. All given conditions must hold."""
+
+    bbox: tuple[float, float, float, float] | None = None
+    polygon: BaseGeometry | None = None
+    near: tuple[float, float, float] | None = None  # lon, lat, km
+    same_city: bool = False
+    other_cities: bool = False
+    exclude_adjacent: bool = False
+    include_self: bool = False
+
+    def __post_init__(self) -> None:
+        if self.same_city and self.other_cities:
+            raise SearchError("same_city and other_cities exclude each other; pick one")
+        if self.bbox is not None:
+            minx, miny, maxx, maxy = self.bbox
+            if not (minx < maxx and miny < maxy):
+                raise SearchError(f"bbox must be MINLON,MINLAT,MAXLON,MAXLAT, got {self.bbox}")
+        if self.near is not None and self.near[2] <= 0:
+            raise SearchError(f"the distance in km must be positive, not {self.near[2]}")
+        if self.polygon is not None and self.polygon.geom_type not in ("Polygon", "MultiPolygon"):
+            raise SearchError(f"the filter polygon must be a Polygon, not {self.polygon.geom_type}")
+
+    @property
+    def spatial(self) -> bool:
+        return self.bbox is not None or self.polygon is not None or self.near is not None
+
+
+def parse_polygon(text: str) -> BaseGeometry:
+    """A polygon from WKT or GeoJSON text; raises SearchError naming the problem."""
+    text = text.strip()
+    try:
+        if text.startswith("{"):
+            obj = json.loads(text)
+            obj = obj.get("geometry", obj) if obj.get("type") == "Feature" else obj
+            geom = shapely.geometry.shape(obj)
+        else:
+            geom = shapely.from_wkt(text)
+    except Exception as exc:
+        raise SearchError(f"cannot read the polygon ({exc}); give WKT or GeoJSON") from exc
+    if not geom.is_valid:
+        geom = shapely.make_valid(geom)
+    return geom
+
+
+@dataclass
+class Hit:
+    rank: int
+    region_id: str
+    city: str
+    score: float
+    centroid: tuple[float, float]
+    geometry: dict[str, Any] | None = None
+    attention: dict[str, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "rank": self.rank,
+            "region_id": self.region_id,
+            "city": self.city,
+            "score": round(self.score, 6),
+            "centroid": [round(c, 7) for c in self.centroid],
+        }
+        if self.geometry is not None:
+            out["geometry"] = self.geometry
+        if self.attention is not None:
+            out["attention"] = self.attention
+        return out
+
+
+@dataclass
+class Query:
+    """What to search from: exactly one of a region, a vector or a point."""
+
+    city: str | None = None
+    region_id: str | None = None
+    vector: np.ndarray | None = None
+    point: tuple[float, float] | None = None
+    _pk: int | None = field(default=None, repr=False)
+
+
+def active_model_version(session: Session, city: str) -> int:
+    c = get_city(session, city)
+    mv = session.scalar(
+        select(ModelVersion.id).where(ModelVersion.city_id == c.id, ModelVersion.active.is_(True))
+    )
+    if mv is None:
+        raise SearchError(f"city {city!r} has no trained model; run `musecl train --city {city}`")
+    return int(mv)
+
+
+def region_at(session: Session, lon: float, lat: float, city: str | None = None) -> tuple[int, str]:
+    """(pk, region_id) of the region containing a point; raises SearchError if none does."""
+    name = dialect.name(session)
+    stmt = select(Region.id, Region.region_id, Region.geom).where(
+        dialect.in_bbox("regions", Region.geom, Region.id, (lon, lat, lon, lat), name)
+    )
+    if city is not None:
+        stmt = stmt.where(Region.city_id == get_city(session, city).id)
+    for pk, rid, geom in session.execute(stmt.order_by(Region.region_id)).all():
+        if to_shape(geom).covers(shapely.Point(lon, lat)):
+            return int(pk), rid
+    where = f" of city {city!r}" if city else ""
+    raise SearchError(f"no region{where} contains the point ({lon}, {lat})")
+
+
+def _candidates(
+    session: Session, model_version: int, kind: str, filters: Filters, query_city: int | None
+) -> np.ndarray | None:
+    """Region pks the spatial and city filters allow, or None when there are none."""
+    if not (filters.spatial or filters.same_city or filters.other_cities):
+        return None
+    name = dialect.name(session)
+    stmt = (
+        select(Region.id, func.ST_X(Region.centroid), func.ST_Y(Region.centroid))
+        .join(Embedding, Embedding.region_pk == Region.id)
+        .where(Embedding.model_version_id == model_version, Embedding.kind == kind)
+    )
+    if filters.same_city:
+        stmt = stmt.where(Region.city_id == query_city)
+    if filters.other_cities:
+        stmt = stmt.where(Region.city_id != query_city)
+    boxes = []
+    if filters.bbox is not None:
+        boxes.append(filters.bbox)
+    if filters.polygon is not None:
+        boxes.append(filters.polygon.bounds)
+    if filters.near is not None:
+        lon, lat, km = filters.near
+        dlat = km / 110.574 * 1.01
+        dlon = km / (111.320 * max(np.cos(np.radians(min(abs(lat) + dlat, 89.9))), 1e-6)) * 1.01
+        boxes.append((lon - dlon, lat - dlat, lon + dlon, lat + dlat))
+    for box in boxes:
+        stmt = stmt.where(dialect.in_bbox("regions", Region.centroid, Region.id, box, name))
+    rows = session.execute(stmt).all()
+    pks = np.array([r[0] for r in rows], dtype=np.int64)
+    x = np.array([r[1] for r in rows], dtype=float)
+    y = np.array([r[2] for r in rows], dtype=float)
+    keep = np.ones(len(pks), dtype=bool)
+    if filters.bbox is not None:
+        minx, miny, maxx, maxy = filters.bbox
+        keep &= (x >= minx) & (x <= maxx) & (y >= miny) & (y <= maxy)
+    if filters.polygon is not None and len(pks):
+        keep &= shapely.covers(filters.polygon, shapely.points(x, y))
+    if filters.near is not None and len(pks):
+        lon, lat, km = filters.near
+        _, _, dist = _GEOD.inv(np.full(len(x), lon), np.full(len(y), lat), x, y)
+        keep &= dist <= km * 1000.0
+    return pks[keep]
+
+
+def _adjacent(session: Session, pk: int) -> np.ndarray:
+    """Regions whose polygon touches (or overlaps) region ``pk``'s."""
+    geom = to_shape(session.execute(select(Region.geom).where(Region.id == pk)).scalar_one())
+    name = dialect.name(session)
+    rows = session.execute(
+        select(Region.id, Region.geom).where(
+            dialect.in_bbox("regions", Region.geom, Region.id, geom.bounds, name), Region.id != pk
+        )
+    ).all()
+    grown = geom.buffer(1e-9)  # shared edges computed apart must still meet
+    shapely.prepare(grown)
+    return np.array([r[0] for r in rows if grown.intersects(to_shape(r[1]))], dtype=np.int64)
+
+
+def similar(
+    session: Session,
+    index: RegionIndex,
+    query: Query,
+    k: int = 10,
+    filters: Filters | None = None,
+    *,
+    with_geometry: bool = False,
+    with_attention: bool = False,
+    brute_force_limit: int = 200_000,
+) -> list[Hit]:
+    """The k regions most similar to the query, best first.
+
+    Raises:
+        SearchError: no or several query sources, an unknown region, a point in no region.
+    """
+    filters = filters or Filters()
+    if k < 1:
+        raise SearchError(f"k must be at least 1, not {k}")
+    sources = [query.region_id is not None, query.vector is not None, query.point is not None]
+    if sum(sources) != 1:
+        raise SearchError("give exactly one of a region id, a vector or a point")
+    mv, kind = index.stamp.model_version, index.stamp.kind
+    query_pk, query_city = None, None
+    if query.point is not None:
+        query_pk, _ = region_at(session, *query.point, city=query.city)
+    elif query.region_id is not None:
+        if query.city is None:
+            raise SearchError("a region id needs its city")
+        c = get_city(session, query.city)
+        query_pk = session.scalar(
+            select(Region.id).where(Region.city_id == c.id, Region.region_id == query.region_id)
+        )
+        if query_pk is None:
+            raise SearchError(f"city {query.city!r} has no region {query.region_id!r}")
+    if query_pk is not None:
+        query_city = session.scalar(select(Region.city_id).where(Region.id == query_pk))
+        index.refresh(session)
+        try:
+            vec = index.vectors(np.array([query_pk]))[0]
+        except RuntimeError as exc:
+            raise SearchError(
+                f"region {query.region_id or query.point} has no {kind} embedding "
+                f"in model version {mv}"
+            ) from exc
+    else:
+        assert query.vector is not None
+        vec = np.asarray(query.vector, dtype=np.float32).reshape(-1)
+        if filters.same_city or filters.other_cities:
+            if query.city is None:
+                raise SearchError("same/other-city filters need --city for a vector query")
+            query_city = get_city(session, query.city).id
+    if (filters.same_city or filters.other_cities) and query_city is None:
+        raise SearchError("same/other-city filters need a query city")
+
+    excluded = set() if (filters.include_self or query_pk is None) else {int(query_pk)}
+    if filters.exclude_adjacent:
+        if query_pk is None:
+            raise SearchError("excluding adjacent regions needs a query region (or point)")
+        excluded |= set(_adjacent(session, query_pk).tolist())
+    allowed = _candidates(session, mv, kind, filters, query_city)
+    if allowed is not None and len(allowed) <= brute_force_limit:
+        pks = np.array([p for p in allowed if int(p) not in excluded], dtype=np.int64)
+        if not len(pks):
+            return []
+        index.refresh(session)
+        q = vec / max(float(np.linalg.norm(vec)), 1e-12)
+        scores = index.vectors(pks) @ q
+        order = np.lexsort((pks, -scores))[:k]
+        ranked = list(zip(pks[order].tolist(), scores[order].tolist(), strict=True))
+    else:
+        allowed_set = None if allowed is None else set(allowed.tolist())
+        ranked = []
+        fetch = k + len(excluded)
+        total = int(index.cpu_index.ntotal)
+        while True:
+            scores, ids = index.search(session, vec, min(fetch, total))
+            ranked = [
+                (int(i), float(s))
+                for i, s in zip(ids[0], scores[0], strict=True)
+                if i >= 0
+                and int(i) not in excluded
+                and (allowed_set is None or int(i) in allowed_set)
+            ]
+            if len(ranked) >= k or fetch >= total:
+                break
+            fetch *= 4
+        ranked = ranked[:k]
+    return _hits(session, ranked, mv, with_geometry, with_attention)
+
+
+def _hits(
+    session: Session,
+    ranked: list[tuple[int, float]],
+    mv: int,
+    with_geometry: bool,
+    with_attention: bool,
+) -> list[Hit]:
+    if not ranked:
+        return []
+    pks = [p for p, _ in ranked]
+    cols: list[Any] = [
+        Region.id,
+        Region.region_id,
+        City.name,
+        func.ST_X(Region.centroid),
+        func.ST_Y(Region.centroid),
+    ]
+    if with_geometry:
+        cols.append(func.ST_AsGeoJSON(Region.geom))
+    rows = {
+        r[0]: r
+        for r in session.execute(
+            select(*cols).join(City, City.id == Region.city_id).where(Region.id.in_(pks))
+        ).all()
+    }
+    attention: dict[int, Any] = {}
+    if with_attention:
+        attention = dict(
+            session.execute(
+                select(Embedding.region_pk, Embedding.attention).where(
+                    Embedding.model_version_id == mv,
+                    Embedding.kind == "fused",
+                    Embedding.region_pk.in_(pks),
+                )
+            ).all()
+        )
+    out = []
+    for rank, (pk, score) in enumerate(ranked, start=1):
+        r = rows[pk]
+        out.append(
+            Hit(
+                rank,
+                r[1],
+                r[2],
+                float(score),
+                (float(r[3]), float(r[4])),
+                json.loads(r[5]) if with_geometry else None,
+                attention.get(pk) if with_attention else None,
+            )
+        )
+    return out
