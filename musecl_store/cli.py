@@ -693,6 +693,171 @@ def features(
         click.echo(text, nl=False)
 
 
+# ------------------------------------------------------------------ embed, regress
+
+
+@main.command()
+@city_option
+@click.option(
+    "--model-version",
+    type=int,
+    required=True,
+    help="The trained model version to embed the city with (frozen).",
+)
+@json_option
+@click.pass_obj
+@handle_errors
+def embed(store: Store, city: str, model_version: int, as_json: bool) -> None:
+    """Embed every region of a city with an existing model version.
+
+    Puts a second city into the space of a model trained on the first: cross-city search
+    and indicator transfer need both cities under one model version.
+    """
+    from musecl_store.embed import embed_city
+
+    with transaction(store.engine()) as session:
+        result = embed_city(session, city, model_version, show_progress=False if as_json else None)
+    if as_json:
+        emit(result)
+    else:
+        click.echo(
+            f"{city}: {result['embeddings']['fused']} regions embedded with model version "
+            f"{model_version} (revision {result['revision']}; "
+            f"{result['without_images']} without images left out)"
+        )
+
+
+@main.group()
+def regress() -> None:
+    """Predict indicators from embeddings: fit (with cross-validated metrics), predict, list."""
+
+
+@regress.command("fit")
+@city_option
+@click.option("--indicator", required=True, help="The indicator to learn (see `musecl info`).")
+@click.option(
+    "--head",
+    default="mlp",
+    show_default=True,
+    type=click.Choice(["mlp", "ridge"]),
+    help="The paper's MLP (512-256-128-64) or ridge (penalty by leave-one-out).",
+)
+@click.option("--log-target", is_flag=True, help="Learn log1p(target); predictions are expm1'd.")
+@click.option(
+    "--folds",
+    default=5,
+    show_default=True,
+    type=click.IntRange(2),
+    help="Cross-validation folds for the reported metrics.",
+)
+@model_option
+@kind_option
+@json_option
+@click.pass_obj
+@handle_errors
+def regress_fit(
+    store: Store,
+    city: str,
+    indicator: str,
+    head: str,
+    log_target: bool,
+    folds: int,
+    model_version: int | None,
+    kind: str,
+    as_json: bool,
+) -> None:
+    """Fit a regressor of INDICATOR on a city's embeddings and store it."""
+    from musecl_store import regress as R
+
+    with transaction(store.engine()) as session:
+        reg = R.fit(
+            session,
+            city,
+            indicator,
+            model_version=model_version,
+            kind=kind,
+            head=head,
+            log_target=log_target,
+            folds=folds,
+        )
+        out = {
+            "regressor": reg.id,
+            "model_version": reg.model_version_id,
+            "kind": reg.kind,
+            "indicator": reg.indicator,
+            "head": reg.head,
+            "metrics": reg.metrics,
+        }
+    if as_json:
+        emit(out)
+    else:
+        m = reg.metrics
+        click.echo(
+            f"{reg.id}: {folds}-fold R² {m['r2']:.3f} ± {m['r2_std']:.3f}, RMSE "
+            f"{m['rmse']:.4g}, MAPE {m['mape']:.1f}% (n={m['n']})"
+        )
+
+
+@regress.command("predict")
+@click.option(
+    "--regressor", "regressor_id", required=True, help="A regressor id from `regress fit`."
+)
+@city_option
+@click.option(
+    "--all",
+    "all_regions",
+    is_flag=True,
+    help="Predict every region, not only those that lack the indicator.",
+)
+@json_option
+@click.pass_obj
+@handle_errors
+def regress_predict(
+    store: Store, regressor_id: str, city: str, all_regions: bool, as_json: bool
+) -> None:
+    """Write predictions of a fitted regressor for a city (any city embedded by its model)."""
+    from musecl_store import regress as R
+
+    with transaction(store.engine()) as session:
+        result = R.predict(session, regressor_id, city, all_regions=all_regions)
+    if as_json:
+        emit(result.to_dict())
+    else:
+        click.echo(
+            f"{result.written} predictions of {result.indicator} for {city} "
+            f"(revision {result.revision})"
+        )
+
+
+@regress.command("list")
+@json_option
+@click.pass_obj
+@handle_errors
+def regress_list(store: Store, as_json: bool) -> None:
+    """The fitted regressors and their cross-validated metrics."""
+    from sqlalchemy import select
+
+    from musecl_store.tables import Regressor
+
+    with transaction(store.engine()) as session:
+        rows: list[dict[str, Any]] = [
+            {
+                "regressor": r.id,
+                "indicator": r.indicator,
+                "head": r.head,
+                "model_version": r.model_version_id,
+                "kind": r.kind,
+                "metrics": r.metrics,
+            }
+            for r in session.scalars(select(Regressor).order_by(Regressor.id))
+        ]
+    if as_json:
+        emit(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['regressor']}  R² {r['metrics'].get('r2', float('nan')):.3f}")
+
+
 # ---------------------------------------------------------------------------- info, cities
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import sparse
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from musecl_store.bundle import digest
@@ -323,3 +323,76 @@ def write_region_embeddings(
             imputed=result.imputed[kind].tolist(),
         )
     return counts
+
+
+def embed_city(
+    session: Session, city: str, model_version_id: int, show_progress: bool | None = None
+) -> dict[str, Any]:
+    """Embed every region of ``city`` with a trained model version (frozen), replacing that
+    version's embeddings of the city under a new revision. This is how a model trained on one
+    city embeds another, so that both live in one space (cross-city search and transfer).
+
+    Regions without any image get no embeddings (they are counted in the result).
+    """
+    from musecl_store.tables import Embedding, ModelVersion, Revision
+
+    mv = session.get(ModelVersion, model_version_id)
+    if mv is None:
+        raise LookupError(f"model version {model_version_id} does not exist")
+    net, config = MuseclNet.load(mv.checkpoint_path)
+    data = load_city_data(session, city)
+    encoder = TextEncoder(config.get("text_model", "all-MiniLM-L6-v2"))
+    pending: list[TextEmbedding] = []
+    text = poi_text_means(
+        session, data, encoder, int(config.get("text_batch_size", 64)), show_progress, pending
+    )
+    visual = visual_means(data, net, int(config["image_size"]), show_progress)
+    result = embed_regions(visual, text, net)
+    keep = ~result.imputed["fused"]
+    session.add_all(pending)
+    rev = Revision(
+        operation="embed", city_id=data.city.id, summary={"model_version": model_version_id}
+    )
+    session.add(rev)
+    session.flush()
+    pks = [data.region_pks[i] for i in np.flatnonzero(keep)]
+    for i in range(0, len(data.region_pks), 5000):
+        session.execute(
+            delete(Embedding).where(
+                Embedding.model_version_id == model_version_id,
+                Embedding.region_pk.in_(data.region_pks[i : i + 5000]),
+            )
+        )
+    sub = CityData(
+        data.city,
+        [data.region_ids[i] for i in np.flatnonzero(keep)],
+        pks,
+        data.images,
+        data.poi_region,
+        data.poi_category,
+        data.poi_sentence,
+        data.poi_hash,
+        data.inflow,
+        data.outflow,
+        data.od,
+    )
+    kept = RegionEmbeddings(
+        {k: v[keep] for k, v in result.vectors.items()},
+        {k: v[keep] for k, v in result.imputed.items()},
+        result.alpha[keep],
+        result.text_mean[keep],
+    )
+    counts = write_region_embeddings(session, sub, model_version_id, kept, rev.id)
+    rev.summary = {
+        "model_version": model_version_id,
+        "embeddings": counts,
+        "without_images": int((~keep).sum()),
+    }
+    session.flush()
+    return {
+        "city": city,
+        "model_version": model_version_id,
+        "revision": rev.id,
+        "embeddings": counts,
+        "without_images": int((~keep).sum()),
+    }

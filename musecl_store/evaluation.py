@@ -75,24 +75,57 @@ class _FoldMLPs(torch.nn.Module):
         return h.squeeze(-1)
 
 
-def mlp_cv(x: np.ndarray, y: np.ndarray, folds: list[np.ndarray], cfg: EvalConfig) -> np.ndarray:
-    """Out-of-fold MLP predictions. Each fold's MLP trains on the other folds (10% of them held
-    out for early stopping), on standardised features and target."""
-    n, f = len(y), len(folds)
+@dataclass
+class MLPFit:
+    """MLPs trained side by side (one per mask row), at their best early-stopping epoch."""
+
+    weights: list[np.ndarray]  # per layer (F, in, out)
+    biases: list[np.ndarray]  # per layer (F, 1, out)
+    mu: np.ndarray  # (F, d) feature means and stds of each one's training rows
+    sd: np.ndarray
+    ymu: np.ndarray  # (F,) target mean and std
+    ysd: np.ndarray
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(F, N) predictions in target units."""
+        h = (x[None, :, :] - self.mu[:, None, :]) / self.sd[:, None, :]
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            h = h @ w + b
+            if i < len(self.weights) - 1:
+                h = np.maximum(h, 0)
+        return h[..., 0] * self.ysd[:, None] + self.ymu[:, None]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {"mu": self.mu, "sd": self.sd, "ymu": self.ymu, "ysd": self.ysd}
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            out[f"w{i}"], out[f"b{i}"] = w, b
+        return out
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> MLPFit:
+        n = sum(1 for k in a if k.startswith("w"))
+        return cls(
+            [a[f"w{i}"] for i in range(n)],
+            [a[f"b{i}"] for i in range(n)],
+            a["mu"],
+            a["sd"],
+            a["ymu"],
+            a["ysd"],
+        )
+
+
+def train_mlps(
+    x: np.ndarray, y: np.ndarray, train: np.ndarray, stop: np.ndarray, cfg: EvalConfig
+) -> MLPFit:
+    """Train one MLP head per row of the (F, N) ``train`` mask, early-stopped on ``stop``.
+
+    Features and target are standardised with each MLP's own training rows.
+    """
+    f = train.shape[0]
     gen = torch.Generator().manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    train = np.ones((f, n), dtype=bool)
-    stop = np.zeros((f, n), dtype=bool)
-    for k, test in enumerate(folds):
-        train[k, test] = False
-        idx = np.flatnonzero(train[k])
-        held = rng.choice(idx, size=max(1, len(idx) // 10), replace=False)
-        train[k, held] = False
-        stop[k, held] = True
     xt = torch.tensor(x, dtype=torch.float32)
     yt = torch.tensor(y, dtype=torch.float32)
     tr, st = torch.from_numpy(train).float(), torch.from_numpy(stop).float()
-    # Standardise with each fold's own training statistics.
     mu = (tr @ xt) / tr.sum(1, keepdim=True)
     sd = ((tr @ xt**2) / tr.sum(1, keepdim=True) - mu**2).clamp(min=1e-12).sqrt()
     ymu = (tr * yt).sum(1) / tr.sum(1)
@@ -101,29 +134,50 @@ def mlp_cv(x: np.ndarray, y: np.ndarray, folds: list[np.ndarray], cfg: EvalConfi
     ys = (yt.unsqueeze(0) - ymu[:, None]) / ysd[:, None]
     model = _FoldMLPs(f, x.shape[1], gen)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.mlp_lr, weight_decay=cfg.mlp_weight_decay)
-
     best = torch.full((f,), float("inf"))
-    best_pred = torch.zeros((f, n))
+    best_params = [p.detach().clone() for p in model.parameters()]
     bad = torch.zeros(f)
     for _ in range(cfg.mlp_epochs):
-        pred = model(xs)
-        loss = (((pred - ys) ** 2) * tr).sum(1) / tr.sum(1)
+        loss = (((model(xs) - ys) ** 2) * tr).sum(1) / tr.sum(1)
         opt.zero_grad()
         loss.sum().backward()
         opt.step()
         with torch.no_grad():
-            pred = model(xs)
-            val = (((pred - ys) ** 2) * st).sum(1) / st.sum(1)
+            val = (((model(xs) - ys) ** 2) * st).sum(1) / st.sum(1)
             better = val < best - 1e-6
             best = torch.where(better, val, best)
-            best_pred[better] = pred[better]
+            for keep, p in zip(best_params, model.parameters(), strict=True):
+                keep[better] = p[better]
             bad = torch.where(better, torch.zeros_like(bad), bad + 1)
             if bool((bad >= cfg.mlp_patience).all()):
                 break
-    out = np.empty(n)
-    final = (best_pred * ysd[:, None] + ymu[:, None]).numpy()
+    n_layers = len(model.w)
+    ws = [p.numpy() for p in best_params[:n_layers]]
+    bs = [p.numpy() for p in best_params[n_layers:]]
+    return MLPFit(ws, bs, mu.numpy(), sd.numpy(), ymu.numpy(), ysd.numpy())
+
+
+def holdout_masks(n: int, tests: list[np.ndarray], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and early-stopping masks: all rows but the test ones, 10% of those held out."""
+    rng = np.random.default_rng(seed)
+    train = np.ones((len(tests), n), dtype=bool)
+    stop = np.zeros((len(tests), n), dtype=bool)
+    for k, test in enumerate(tests):
+        train[k, test] = False
+        idx = np.flatnonzero(train[k])
+        held = rng.choice(idx, size=max(1, len(idx) // 10), replace=False)
+        train[k, held] = False
+        stop[k, held] = True
+    return train, stop
+
+
+def mlp_cv(x: np.ndarray, y: np.ndarray, folds: list[np.ndarray], cfg: EvalConfig) -> np.ndarray:
+    """Out-of-fold MLP predictions: each fold's MLP trains on the other folds."""
+    train, stop = holdout_masks(len(y), folds, cfg.seed)
+    pred = train_mlps(x, y, train, stop, cfg).predict(x)
+    out = np.empty(len(y))
     for k, test in enumerate(folds):
-        out[test] = final[k, test]
+        out[test] = pred[k, test]
     return out
 
 

@@ -126,6 +126,21 @@ def active_model_version(session: Session, city: str) -> int:
         select(ModelVersion.id).where(ModelVersion.city_id == c.id, ModelVersion.active.is_(True))
     )
     if mv is None:
+        others = sorted(
+            set(
+                session.scalars(
+                    select(Embedding.model_version_id)
+                    .join(Region, Region.id == Embedding.region_pk)
+                    .where(Region.city_id == c.id)
+                    .distinct()
+                )
+            )
+        )
+        if others:
+            raise SearchError(
+                f"city {city!r} has no model of its own; pass --model-version "
+                f"(it has embeddings of version(s) {', '.join(map(str, others))})"
+            )
         raise SearchError(f"city {city!r} has no trained model; run `musecl train --city {city}`")
     return int(mv)
 

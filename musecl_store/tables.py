@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -276,6 +277,26 @@ class TextEmbedding(Base):
     encoder: Mapped[str] = mapped_column(String(200), primary_key=True)
     content_hash: Mapped[str] = mapped_column(String(32), primary_key=True)
     vector: Mapped[np.ndarray] = mapped_column(Vector())
+
+
+class Regressor(Base):
+    """A fitted indicator regressor: what it reads (model version, kind), its cross-validated
+    metrics and its parameters (an ``.npz`` blob: no pickle)."""
+
+    __tablename__ = "regressors"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    city_id: Mapped[int | None] = mapped_column(ForeignKey("cities.id", ondelete="SET NULL"))
+    model_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(8))
+    indicator: Mapped[str] = mapped_column(String(200))
+    head: Mapped[str] = mapped_column(String(16))
+    log_target: Mapped[bool] = mapped_column(Boolean)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    params: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Prediction(Base):

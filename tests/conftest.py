@@ -107,6 +107,21 @@ class Backend:
         self._made.append(str(path))
         return f"sqlite:///{path}"
 
+    def clone(self, url: str) -> str:
+        """A copy of a database (nobody may be connected to it while it is copied)."""
+        n = len(self._made)
+        if self.name == "postgis":
+            source = make_url(url).database
+            db = f"musecl_c_{TAG}_{n}"
+            with self.admin.connect() as c:
+                c.exec_driver_sql(f'CREATE DATABASE "{db}" TEMPLATE "{source}"')
+            self._made.append(db)
+            return self._pg_url(db)
+        path = self.workdir / f"clone_{n}.sqlite"
+        shutil.copyfile(make_url(url).database or "", path)
+        self._made.append(str(path))
+        return f"sqlite:///{path}"
+
     def close(self) -> None:
         if self.name == "postgis" and self._admin is not None:
             with self._admin.connect() as c:
@@ -172,3 +187,31 @@ def _plain(v: Any) -> Any:
     if hasattr(v, "tobytes"):
         return v.tobytes()
     return v
+
+
+FAST_TRAINING = {"epochs": 1, "fusion_epochs": 4, "image_size": 32, "batch_size": 16, "top_k": 5}
+
+
+@pytest.fixture(scope="session")
+def trained(backend: Backend, demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A database holding the ~60-region demo city, trained once per backend (model version
+    1). Tests read it; a test that writes works on ``backend.clone(trained)``."""
+    from musecl_store.db import transaction
+    from musecl_store.ingest import ingest_bundle
+    from training.config import TrainConfig
+    from training.trainer import train_city
+
+    url = backend.new_url()
+    engine = create_engine(url)
+    with transaction(engine) as s:
+        ingest_bundle(s, demo_bundle)
+    ckpt = tmp_path_factory.mktemp("ckpt")
+    with transaction(engine) as s:
+        train_city(
+            s,
+            "demo-3",
+            TrainConfig.from_dict({**FAST_TRAINING, "checkpoint_dir": str(ckpt)}),
+            log=lambda m: None,
+        )
+    engine.dispose()
+    return url

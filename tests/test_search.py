@@ -20,39 +20,15 @@ from musecl_store.db import create_engine, transaction
 from musecl_store.embeddings import load_embeddings
 from musecl_store.features import FeatureError, lookup
 from musecl_store.index import RegionIndex
-from musecl_store.ingest import ingest_bundle
 from musecl_store.search import Filters, Query, SearchError, parse_polygon, region_at, similar
 from musecl_store.tables import Embedding, Region
-from training.config import TrainConfig
-from training.trainer import train_city
 
 pytestmark = pytest.mark.slow
 
-FAST = {"epochs": 1, "fusion_epochs": 4, "image_size": 32, "batch_size": 16, "top_k": 5}
-
-
-@pytest.fixture(scope="module")
-def trained(backend, demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> str:  # type: ignore[no-untyped-def]
-    """A database with the ~60-region demo city trained once (per backend)."""
-    url = backend.new_url()
-    engine = create_engine(url)
-    with transaction(engine) as s:
-        ingest_bundle(s, demo_bundle)
-    ckpt = tmp_path_factory.mktemp("ckpt")
-    with transaction(engine) as s:
-        train_city(
-            s,
-            "demo-3",
-            TrainConfig.from_dict({**FAST, "checkpoint_dir": str(ckpt)}),
-            log=lambda m: None,
-        )
-    engine.dispose()
-    return url
-
 
 @pytest.fixture
-def store(trained: str, tmp_path: Path):  # type: ignore[no-untyped-def]
-    engine = create_engine(trained)
+def store(backend, trained: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    engine = create_engine(backend.clone(trained))
     yield engine, tmp_path / "index"
     engine.dispose()
 
@@ -203,8 +179,9 @@ def test_feature_lookup(store) -> None:  # type: ignore[no-untyped-def]
             lookup(s, "demo-3", region_ids=["zzz"])
 
 
-def test_cli_similar_features_and_index(trained: str, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_cli_similar_features_and_index(backend, trained: str, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("MUSECL_INDEX_DIR", str(tmp_path / "idx"))
+    trained = backend.clone(trained)
     runner = CliRunner()
     engine = create_engine(trained)
     with transaction(engine) as s:
