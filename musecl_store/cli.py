@@ -858,6 +858,56 @@ def regress_list(store: Store, as_json: bool) -> None:
         click.echo(f"{r['regressor']}  R² {r['metrics'].get('r2', float('nan')):.3f}")
 
 
+# ------------------------------------------------------------------ census
+
+
+@main.group()
+def census() -> None:
+    """Census layers (census/<layer>.geojson of a bundle) onto regions."""
+
+
+@census.command("join")
+@city_option
+@click.option("--layer", required=True, help="The layer's name (its file name without .geojson).")
+@click.option(
+    "--extensive",
+    metavar="FIELD,...",
+    help="Count fields (population, households): shared out by intersected area.",
+)
+@click.option(
+    "--intensive",
+    metavar="FIELD,...",
+    help="Rate or average fields (median income): area-weighted mean.",
+)
+@json_option
+@click.pass_obj
+@handle_errors
+def census_join(
+    store: Store, city: str, layer: str, extensive: str | None, intensive: str | None, as_json: bool
+) -> None:
+    """Interpolate census fields onto the city's regions by area weighting, in SQL.
+
+    Intersections are measured in an equal-area projection (EPSG:6933) by the database.
+    The values become indicators with source census:LAYER.
+    """
+    from musecl_store.census import join_layer
+
+    def split(v: str | None) -> list[str]:
+        return [f.strip() for f in v.split(",") if f.strip()] if v else []
+
+    with transaction(store.engine()) as session:
+        result = join_layer(
+            session, city, layer, extensive=split(extensive), intensive=split(intensive)
+        )
+    if as_json:
+        emit(result.to_dict())
+    else:
+        click.echo(
+            f"{result.values} values of {', '.join(result.extensive + result.intensive)} on "
+            f"{result.regions} regions (revision {result.revision})"
+        )
+
+
 # ---------------------------------------------------------------------------- info, cities
 
 

@@ -14,6 +14,7 @@ from typing import Any
 # pyproj bundles its own PROJ; mod_spatialite links the system's. When SpatiaLite is loaded
 # first, the two PROJ copies' static destructors collide at exit (heap corruption). Loading
 # pyproj before any SpatiaLite connection avoids it, so this import must stay here.
+import numpy as np
 import pyproj  # noqa: F401
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -93,12 +94,23 @@ def create_engine(url: str, settings: Settings | None = None, **kwargs: Any) -> 
         dbapi_conn.execute("PRAGMA journal_mode = WAL")  # readers never block the writer
         if dbapi_conn.execute("SELECT CheckSpatialMetaData()").fetchone()[0] < 1:
             dbapi_conn.execute("SELECT InitSpatialMetaData(1)")
+        dbapi_conn.create_function("musecl_cosine", 2, _blob_cosine, deterministic=True)
 
     @event.listens_for(engine, "begin")
     def _begin(conn: sa.Connection) -> None:
         conn.exec_driver_sql("BEGIN")
 
     return engine
+
+
+def _blob_cosine(a: bytes | None, b: bytes | None) -> float | None:
+    """musecl_cosine(vector, vector) for SpatiaLite: cosine of two float32 BLOB vectors."""
+    if a is None or b is None or len(a) != len(b):
+        return None
+    x = np.frombuffer(a, dtype="<f4").astype(np.float64)
+    y = np.frombuffer(b, dtype="<f4").astype(np.float64)
+    norm = float(np.linalg.norm(x) * np.linalg.norm(y))
+    return float(x @ y) / norm if norm > 0 else None
 
 
 def open_engine(db: str | None = None, settings: Settings | None = None) -> Engine:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, literal_column, select, text
+from sqlalchemy import column, func, select, table
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement, Select
@@ -54,8 +54,27 @@ def decode_vectors(blobs: list[bytes], dim: int, dialect_name: str) -> np.ndarra
     return np.frombuffer(data, dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
 
 
+# SpatiaLite's R*Tree is only used through this virtual table (the planner never picks it).
+_SPATIAL_INDEX = table(
+    "SpatialIndex",
+    column("ROWID"),
+    column("f_table_name"),
+    column("f_geometry_column"),
+    column("search_frame"),
+)
+
+
+def _spatialite_frame(table_name: str, col: Any, pk: Any, frame: Any) -> ColumnElement[bool]:
+    rows: Select[Any] = select(_SPATIAL_INDEX.c.ROWID).where(
+        _SPATIAL_INDEX.c.f_table_name == table_name,
+        _SPATIAL_INDEX.c.f_geometry_column == col.key,
+        _SPATIAL_INDEX.c.search_frame == frame,
+    )
+    return pk.in_(rows.scalar_subquery())
+
+
 def in_bbox(
-    table: str, column: Any, pk: Any, bbox: tuple[float, float, float, float], dialect_name: str
+    table_name: str, col: Any, pk: Any, bbox: tuple[float, float, float, float], dialect_name: str
 ) -> ColumnElement[bool]:
     """A WHERE clause that keeps rows whose geometry's box meets ``bbox``, through the spatial
     index: GiST's ``&&`` on PostGIS, the R*Tree behind SpatiaLite's ``SpatialIndex`` table.
@@ -64,14 +83,15 @@ def in_bbox(
     """
     minx, miny, maxx, maxy = (float(v) for v in bbox)
     if dialect_name == "postgresql":
-        return column.op("&&")(func.ST_MakeEnvelope(minx, miny, maxx, maxy, 4326))
-    frame: Select[Any] = (
-        select(literal_column("ROWID"))
-        .select_from(text("SpatialIndex"))
-        .where(
-            literal_column("f_table_name") == table,
-            literal_column("f_geometry_column") == column.key,
-            literal_column("search_frame") == func.BuildMbr(minx, miny, maxx, maxy, 4326),
-        )
-    )
-    return pk.in_(frame.scalar_subquery())
+        return col.op("&&")(func.ST_MakeEnvelope(minx, miny, maxx, maxy, 4326))
+    return _spatialite_frame(table_name, col, pk, func.BuildMbr(minx, miny, maxx, maxy, 4326))
+
+
+def index_join(
+    table_name: str, col: Any, pk: Any, other: Any, dialect_name: str
+) -> ColumnElement[bool]:
+    """Join condition: rows of ``table_name`` whose box meets geometry ``other``'s, through the
+    spatial index (a prefilter, like :func:`in_bbox`)."""
+    if dialect_name == "postgresql":
+        return col.op("&&")(other)
+    return _spatialite_frame(table_name, col, pk, other)
