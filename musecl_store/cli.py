@@ -908,6 +908,91 @@ def census_join(
         )
 
 
+# ------------------------------------------------------------------ export, map
+
+
+@main.command()
+@city_option
+@click.option(
+    "--format",
+    "fmt",
+    required=True,
+    type=click.Choice(["csv", "geojson", "parquet"]),
+    help="csv (region_id,e0..), geojson (polygons + embedding) or GeoParquet.",
+)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The file to write.")
+@model_option
+@kind_option
+@json_option
+@click.pass_obj
+@handle_errors
+def export(
+    store: Store, city: str, fmt: str, out: str, model_version: int | None, kind: str, as_json: bool
+) -> None:
+    """Export a city's embeddings of one kind to CSV, GeoJSON or GeoParquet."""
+    from musecl_store.export import export_city
+
+    with transaction(store.engine()) as session:
+        result = export_city(session, city, out, fmt=fmt, kind=kind, model_version=model_version)
+    if as_json:
+        emit(result.to_dict())
+    else:
+        click.echo(f"wrote {result.rows} {kind} embeddings ({result.dim}-d) to {result.path}")
+
+
+@main.command("map")
+@city_option
+@click.option("--indicator", help="Colour regions by this indicator.")
+@click.option(
+    "--prediction", metavar="REGRESSOR", help="Colour regions by this regressor's predictions."
+)
+@click.option("--similar-to", metavar="REGION_ID", help="Colour regions by similarity to this one.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The PNG to write.")
+@click.option(
+    "--width",
+    default=900,
+    show_default=True,
+    type=click.IntRange(200, 8000),
+    help="Image width in pixels.",
+)
+@model_option
+@json_option
+@click.pass_obj
+@handle_errors
+def map_command(
+    store: Store,
+    city: str,
+    indicator: str | None,
+    prediction: str | None,
+    similar_to: str | None,
+    out: str,
+    width: int,
+    model_version: int | None,
+    as_json: bool,
+) -> None:
+    """Draw a choropleth PNG of an indicator, a prediction or the similarity to a region."""
+    from musecl_store.maps import draw
+
+    with transaction(store.engine()) as session:
+        result = draw(
+            session,
+            city,
+            out,
+            width=width,
+            indicator=indicator,
+            prediction=prediction,
+            similar_to=similar_to,
+            model_version=model_version,
+        )
+    if as_json:
+        emit(result.to_dict())
+    else:
+        click.echo(
+            f"wrote {result.path}: {result.title} ({result.with_value} of {result.regions} "
+            f"regions, {result.vmin:.4g} .. {result.vmax:.4g})"
+        )
+
+
 # ---------------------------------------------------------------------------- info, cities
 
 
