@@ -993,6 +993,74 @@ def map_command(
         )
 
 
+# ------------------------------------------------------------------ models
+
+
+@main.group()
+def models() -> None:
+    """Model versions: training adds one; one per city is active."""
+
+
+@models.command("list")
+@click.option("--city", default=None, metavar="NAME", help="Only this city's versions.")
+@json_option
+@click.pass_obj
+@handle_errors
+def models_list(store: Store, city: str | None, as_json: bool) -> None:
+    """List model versions with their embeddings and evaluation."""
+    from musecl_store.models import list_models
+
+    with transaction(store.engine()) as session:
+        rows = list_models(session, city)
+    if as_json:
+        emit(rows)
+        return
+    if not rows:
+        click.echo("no model version yet; `musecl train --city NAME` makes one")
+    for r in rows:
+        star = "*" if r["active"] else " "
+        r2 = "" if r["fused_mean_r2"] is None else f"  fused mean R² {r['fused_mean_r2']:.3f}"
+        click.echo(
+            f"{star} {r['model_version']:>4}  {r['city'] or '-':<16} seed {r['seed']:<4} "
+            f"{r['embeddings']:>8} embeddings  {r['created_at']}{r2}"
+        )
+
+
+@models.command("activate")
+@click.argument("version", type=int)
+@json_option
+@click.pass_obj
+@handle_errors
+def models_activate(store: Store, version: int, as_json: bool) -> None:
+    """Make VERSION the active model of its city."""
+    from musecl_store.models import activate
+
+    with transaction(store.engine()) as session:
+        mv = activate(session, version)
+        out = {"model_version": mv.id, "active": True}
+    if as_json:
+        emit(out)
+    else:
+        click.echo(f"model version {version} is now active")
+
+
+@models.command("delete")
+@click.argument("version", type=int)
+@json_option
+@click.pass_obj
+@handle_errors
+def models_delete(store: Store, version: int, as_json: bool) -> None:
+    """Delete VERSION, its embeddings, regressors and cached indexes (never the active one)."""
+    from musecl_store.models import delete
+
+    with transaction(store.engine()) as session:
+        out = delete(session, version, store.settings.index_dir)
+    if as_json:
+        emit(out)
+    else:
+        click.echo(f"deleted model version {version} and {out['embeddings_deleted']} embeddings")
+
+
 # ---------------------------------------------------------------------------- info, cities
 
 

@@ -292,11 +292,9 @@ class RegionIndex:
 
     def vectors(self, pks: np.ndarray) -> np.ndarray:
         """The stored (normalised) vectors of some regions."""
-        return (
-            np.stack([self.cpu_index.reconstruct(int(p)) for p in pks])
-            if len(pks)
-            else (np.zeros((0, self.stamp.dim), np.float32))
-        )
+        if not len(pks):
+            return np.zeros((0, self.stamp.dim), np.float32)
+        return np.asarray(self.cpu_index.reconstruct_batch(np.asarray(pks, dtype=np.int64)))
 
     def status(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,102 @@
+"""Model versions: list, activate, delete. Training again adds a version beside the old ones;
+exactly one version per city is active (the one searches and exports use by default)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from musecl_store.errors import MuseclError
+from musecl_store.summary import get_city
+from musecl_store.tables import City, Embedding, ModelVersion
+
+
+class ModelVersionError(MuseclError, ValueError):
+    """An unknown model version, or an operation it refuses (deleting the active one)."""
+
+
+def _get(session: Session, version: int) -> ModelVersion:
+    mv = session.get(ModelVersion, version)
+    if mv is None:
+        known = list(session.scalars(select(ModelVersion.id).order_by(ModelVersion.id)))
+        raise ModelVersionError(
+            f"model version {version} does not exist (known: "
+            f"{', '.join(map(str, known)) or 'none'})"
+        )
+    return mv
+
+
+def list_models(session: Session, city: str | None = None) -> list[dict[str, Any]]:
+    """Every version (of one city, when given) with its embedding count and key metrics."""
+    stmt = (
+        select(ModelVersion, City.name, func.count(Embedding.id))
+        .join(City, City.id == ModelVersion.city_id, isouter=True)
+        .join(Embedding, Embedding.model_version_id == ModelVersion.id, isouter=True)
+        .group_by(ModelVersion.id, City.name)
+        .order_by(ModelVersion.id)
+    )
+    if city is not None:
+        stmt = stmt.where(ModelVersion.city_id == get_city(session, city).id)
+    out = []
+    for mv, name, n in session.execute(stmt).all():
+        evaluation = (mv.metrics or {}).get("evaluation", {}).get("records", [])
+        fused = [r["r2"] for r in evaluation if r["embedding"] == "fused" and r["head"] == "mlp"]
+        out.append(
+            {
+                "model_version": mv.id,
+                "city": name,
+                "active": mv.active,
+                "seed": mv.seed,
+                "data_revision": mv.data_revision,
+                "embeddings": int(n),
+                "created_at": mv.created_at.isoformat() if mv.created_at else None,
+                "checkpoint": mv.checkpoint_path,
+                "fused_mean_r2": round(sum(fused) / len(fused), 4) if fused else None,
+            }
+        )
+    return out
+
+
+def activate(session: Session, version: int) -> ModelVersion:
+    """Make ``version`` its city's active model (and no other)."""
+    mv = _get(session, version)
+    session.execute(
+        update(ModelVersion)
+        .where(ModelVersion.city_id == mv.city_id, ModelVersion.id != mv.id)
+        .values(active=False)
+    )
+    mv.active = True
+    session.flush()
+    return mv
+
+
+def delete(session: Session, version: int, index_dir: str | Path | None = None) -> dict[str, Any]:
+    """Delete a version with its embeddings, regressors and cached indexes.
+
+    Raises:
+        ModelVersionError: unknown, or active (activate another one first).
+    """
+    mv = _get(session, version)
+    if mv.active:
+        raise ModelVersionError(
+            f"model version {version} is active; activate another version "
+            "first (`musecl models activate V`), then delete this one"
+        )
+    n = (
+        session.scalar(
+            select(func.count()).select_from(Embedding).where(Embedding.model_version_id == version)
+        )
+        or 0
+    )
+    session.delete(mv)  # embeddings and regressors cascade in the database
+    session.flush()
+    removed = []
+    if index_dir is not None:
+        for folder in Path(index_dir).glob(f"mv{version}-*"):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(str(folder))
+    return {"model_version": version, "embeddings_deleted": int(n), "indexes_removed": removed}
