@@ -272,12 +272,17 @@ def embed_regions(
     visual: dict[str, tuple[np.ndarray, np.ndarray]],
     text: tuple[np.ndarray, np.ndarray],
     net: MuseclNet,
+    *,
+    learn_imputation: bool = False,
 ) -> RegionEmbeddings:
     """Modality embeddings, fused embedding and attention for every region.
 
-    A region lacking a modality gets that modality's mean vector, flagged as imputed; the
-    fused vector uses only the visual modalities a region has (attention weight 0 otherwise).
-    A region with no image at all gets no fused vector (zeros, flagged as imputed).
+    A region lacking a modality gets the model's imputation vector for it (the modality's
+    mean over the training city, set once with ``learn_imputation`` when training), flagged
+    as imputed: every region's vectors depend on that region alone, so re-embedding a few
+    regions gives what embedding them all would. The fused vector uses only the visual
+    modalities a region has (attention weight 0 otherwise); a region with no image at all
+    gets no fused vector (zeros, flagged as imputed).
     """
     net.eval()
     mask = np.column_stack([visual[m][1] for m in VISUAL])
@@ -294,10 +299,10 @@ def embed_regions(
     vectors["poi"] = poi
     imputed = {m: ~visual[m][1] for m in VISUAL}
     imputed["poi"] = ~has_text
+    if learn_imputation:
+        net.set_imputation({k: v[~imputed[k]] for k, v in vectors.items()})
     for kind, vec in vectors.items():
-        miss = imputed[kind]
-        if miss.any() and (~miss).any():
-            vec[miss] = vec[~miss].mean(axis=0)
+        vec[imputed[kind]] = net.imputation(kind)
     vectors["fused"] = fused
     imputed["fused"] = np.logical_not(ok)
     return RegionEmbeddings(vectors, imputed, alpha, text_mean)

@@ -118,7 +118,14 @@ class Backend:
             self._made.append(db)
             return self._pg_url(db)
         path = self.workdir / f"clone_{n}.sqlite"
-        shutil.copyfile(make_url(url).database or "", path)
+        # The online backup API copies committed pages still in the WAL file too.
+        import pysqlite3.dbapi2 as sqlite
+
+        src, dst = sqlite.connect(make_url(url).database or ""), sqlite.connect(str(path))
+        with dst:
+            src.backup(dst)
+        src.close()
+        dst.close()
         self._made.append(str(path))
         return f"sqlite:///{path}"
 

@@ -435,11 +435,11 @@ class Trainer:
             self.train_images(kind)
         visual = visual_means(self.data, self.net, cfg.image_size, self.show)
         self.train_fusion(visual, text)
+        result = embed_regions(visual, text, self.net, learn_imputation=True)
         checkpoint = self.net.save(
             self.run_dir / "model.pt",
             {**cfg.to_dict(), "text_dim": self.text_encoder.dim, "city": self.data.city.name},
         )
-        result = embed_regions(visual, text, self.net)
         return self._write(result, checkpoint, time.perf_counter() - t0)
 
     def _write(self, result: Any, checkpoint: Path, seconds: float) -> TrainResult:

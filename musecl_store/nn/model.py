@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -18,7 +19,8 @@ from musecl_store.errors import MuseclError
 from musecl_store.nn.fusion import VISUAL, AttentiveFusion
 from musecl_store.nn.resnet import ImageEncoder
 
-FORMAT = 1
+FORMAT = 2
+IMPUTED = ("remote", "street", "poi")
 
 
 class CheckpointError(MuseclError, ValueError):
@@ -31,6 +33,19 @@ class MuseclNet(nn.Module):
         self.dim, self.text_dim = dim, text_dim
         self.encoders = nn.ModuleDict({m: ImageEncoder(dim) for m in VISUAL})
         self.fusion = AttentiveFusion(dim, text_dim, VISUAL)
+        # The vector a region lacking a modality gets: that modality's training-city mean.
+        self.impute: torch.Tensor
+        self.register_buffer("impute", torch.zeros(len(IMPUTED), dim))
+
+    def set_imputation(self, present: dict[str, np.ndarray]) -> None:
+        """Set each modality's imputation vector to the mean of the given rows."""
+        for i, kind in enumerate(IMPUTED):
+            rows = present.get(kind)
+            if rows is not None and len(rows):
+                self.impute[i] = torch.from_numpy(np.asarray(rows, np.float32).mean(axis=0))
+
+    def imputation(self, kind: str) -> np.ndarray:
+        return self.impute[IMPUTED.index(kind)].numpy().copy()
 
     def save(self, path: str | Path, config: dict[str, Any]) -> Path:
         path = Path(path)

@@ -1,0 +1,316 @@
+"""Incremental re-embedding: after an ingest changed some regions, recompute only what changed
+with the frozen model, in one transaction under a new revision.
+
+Which regions: by default every region whose change log has a change to an embedded
+modality (remote, street, poi) after its embeddings were written, and every region without
+embeddings; or the given region ids; or the changes since a revision; or all (``--all``,
+the full re-embed the incremental one must equal). Which kinds: a region's remote or street
+vector is recomputed when that modality changed, its poi vector when its POIs changed, and
+its fused vector (and attention) whenever remote or street did. Unchanged vectors and
+unchanged regions are not touched (their revision stays).
+
+Every vector depends on its region alone (imputation uses the model's stored means), so the
+result equals a full re-embed with the same model for those regions.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from musecl_store.embed import (
+    CityData,
+    ImageSet,
+    encode_images,
+    load_city_data,
+    region_means,
+    text_embeddings,
+)
+from musecl_store.embeddings import put_embeddings
+from musecl_store.errors import MuseclError
+from musecl_store.nn.fusion import VISUAL
+from musecl_store.nn.model import MuseclNet
+from musecl_store.nn.text import TextEncoder
+from musecl_store.search import active_model_version
+from musecl_store.tables import Embedding, ModelVersion, Region, RegionChange, Revision
+
+EMBEDDED = ("remote", "street", "poi")
+FAULT_ENV = "MUSECL_FAULT"
+"""Fault injection for crash tests: MUSECL_FAULT=<step> SIGKILLs the process at that step."""
+
+
+class ReembedError(MuseclError, LookupError):
+    """Unknown regions or model version."""
+
+
+def fault_point(step: str) -> None:
+    """Kill this process (SIGKILL: no cleanup) when MUSECL_FAULT names this step."""
+    if os.environ.get(FAULT_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class ReembedResult:
+    city: str
+    model_version: int
+    revision: int | None
+    regions: list[str]
+    recomputed: dict[str, int]
+    old_fused: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "city": self.city,
+            "model_version": self.model_version,
+            "revision": self.revision,
+            "regions": len(self.regions),
+            "recomputed": self.recomputed,
+        }
+
+
+def plan(
+    session: Session,
+    data: CityData,
+    mv: int,
+    *,
+    region_ids: list[str] | None = None,
+    since: int | None = None,
+    all_regions: bool = False,
+) -> dict[int, set[str]]:
+    """Region index (in ``data``) -> the embedded modalities to recompute."""
+    index = {pk: i for i, pk in enumerate(data.region_pks)}
+    everything = set(EMBEDDED)
+    if all_regions:
+        return {i: set(everything) for i in range(data.n)}
+    if region_ids is not None:
+        known = {r: i for i, r in enumerate(data.region_ids)}
+        missing = [r for r in region_ids if r not in known]
+        if missing:
+            raise ReembedError(f"city {data.city.name!r} has no region(s) {', '.join(missing[:5])}")
+        return {known[r]: set(everything) for r in region_ids}
+    stored: dict[tuple[int, str], int] = {
+        (pk, kind): rev
+        for pk, kind, rev in session.execute(
+            select(Embedding.region_pk, Embedding.kind, Embedding.revision).where(
+                Embedding.model_version_id == mv,
+                Embedding.region_pk.in_(select(Region.id).where(Region.city_id == data.city.id)),
+            )
+        ).all()
+    }
+    out: dict[int, set[str]] = {
+        i: set(everything) for pk, i in index.items() if (pk, "fused") not in stored
+    }
+    pk_of = dict(zip(data.region_ids, data.region_pks, strict=True))
+    changes = session.execute(
+        select(
+            RegionChange.region_id,
+            RegionChange.change,
+            RegionChange.modalities,
+            RegionChange.revision_id,
+        )
+        .where(RegionChange.city_id == data.city.id)
+        .where(RegionChange.revision_id > (since or 0))
+    ).all()
+    for rid, change, mods, rev in changes:
+        pk = pk_of.get(rid)
+        if pk is None or change == "removed":
+            continue  # removed regions lost their embeddings with them
+        wanted = everything if change == "added" else set(mods) & everything
+        if since is None:  # only what changed after that modality's vector was written
+            wanted = {m for m in wanted if stored.get((pk, m), -1) < rev}
+        if wanted:
+            out.setdefault(index[pk], set()).update(wanted)
+    return out
+
+
+def _subset_images(images: ImageSet, regions: set[int]) -> tuple[ImageSet, np.ndarray]:
+    keep = np.array([r in regions for r in images.region.tolist()], dtype=bool)
+    idx = np.flatnonzero(keep)
+    return ImageSet(
+        images.region[idx], [images.paths[i] for i in idx], [images.sha256[i] for i in idx]
+    ), idx
+
+
+def reembed(
+    session: Session,
+    city: str,
+    *,
+    model_version: int | None = None,
+    region_ids: list[str] | None = None,
+    since: int | None = None,
+    all_regions: bool = False,
+    show_progress: bool | None = None,
+) -> ReembedResult:
+    """Recompute the embeddings of changed regions (see the module docstring); the caller
+    commits. Returns what was recomputed and the old fused vectors (for the drift report)."""
+    from musecl_store.summary import get_city
+
+    get_city(session, city)
+    mv = model_version if model_version is not None else active_model_version(session, city)
+    row = session.get(ModelVersion, mv)
+    if row is None:
+        raise ReembedError(f"model version {mv} does not exist")
+    data = load_city_data(session, city)
+    todo = plan(session, data, mv, region_ids=region_ids, since=since, all_regions=all_regions)
+    fault_point("planned")
+    if not todo:
+        return ReembedResult(city, mv, None, [], {k: 0 for k in (*EMBEDDED, "fused")})
+    net, config = MuseclNet.load(row.checkpoint_path)
+    size = int(config["image_size"])
+    regions = sorted(todo)
+    pos = {r: j for j, r in enumerate(regions)}
+    pks = [data.region_pks[r] for r in regions]
+    old: dict[str, dict[int, np.ndarray]] = {
+        kind: dict(
+            session.execute(
+                select(Embedding.region_pk, Embedding.vector).where(
+                    Embedding.model_version_id == mv,
+                    Embedding.kind == kind,
+                    Embedding.region_pk.in_(pks),
+                )
+            ).all()
+        )
+        for kind in (*EMBEDDED, "fused")
+    }
+
+    vectors: dict[str, np.ndarray] = {}
+    present: dict[str, np.ndarray] = {}
+    for kind in VISUAL:
+        sub, _ = _subset_images(data.images[kind], set(regions))
+        has = np.zeros(len(regions), dtype=bool)
+        vec = np.zeros((len(regions), net.dim), dtype=np.float32)
+        if sub.paths:
+            local = CityData(
+                data.city,
+                data.region_ids,
+                data.region_pks,
+                {kind: sub},
+                data.poi_region,
+                data.poi_category,
+                data.poi_sentence,
+                data.poi_hash,
+                data.inflow,
+                data.outflow,
+                data.od,
+            )
+            emb = encode_images(net.encoders[kind], local.pixels(kind, size, show_progress))
+            means, got = region_means(
+                emb, np.array([pos[r] for r in sub.region.tolist()]), len(regions)
+            )
+            vec[got], has = means[got], got
+        for j, r in enumerate(regions):  # an unchanged modality keeps its stored vector
+            if kind not in todo[r] and has[j] and data.region_pks[r] in old[kind]:
+                vec[j] = old[kind][data.region_pks[r]]
+        vec[~has] = net.imputation(kind)
+        vectors[kind], present[kind] = vec, has
+    fault_point("images_encoded")
+    want = {r for r in regions if "poi" in todo[r]}
+    has_poi = np.array([bool(np.any(data.poi_region == r)) for r in regions])
+    poi_vec = np.zeros((len(regions), net.dim), dtype=np.float32)
+    pending: list[Any] = []
+    if want:
+        encoder = TextEncoder(config.get("text_model", "all-MiniLM-L6-v2"))
+        pick = [k for k, r in enumerate(data.poi_region.tolist()) if r in want]
+        sent = text_embeddings(
+            session,
+            encoder,
+            [data.poi_sentence[k] for k in pick],
+            [data.poi_hash[k] for k in pick],
+            int(config.get("text_batch_size", 64)),
+            show_progress,
+            pending,
+        )
+        if pick:
+            means, _ = region_means(
+                sent, np.array([pos[int(data.poi_region[k])] for k in pick]), len(regions)
+            )
+            with torch.no_grad():
+                projected = net.fusion.text(torch.from_numpy(means)).numpy()
+    for j, r in enumerate(regions):
+        pk = data.region_pks[r]
+        if r in want:
+            poi_vec[j] = projected[j] if has_poi[j] else net.imputation("poi")
+        elif pk in old["poi"]:
+            poi_vec[j] = old["poi"][pk]
+    vectors["poi"], present["poi"] = poi_vec, has_poi
+    fault_point("texts_encoded")
+
+    mask = np.column_stack([present[m] for m in VISUAL])
+    ok: np.ndarray = np.asarray(mask.any(axis=1))
+    fused = np.zeros((len(regions), net.dim), dtype=np.float32)
+    alpha = np.zeros(mask.shape, dtype=np.float32)
+    with torch.no_grad():
+        if ok.any():
+            emb = np.stack([vectors[m] for m in VISUAL], axis=1)
+            f, a = net.fusion(torch.from_numpy(emb[ok]), torch.from_numpy(mask[ok]))
+            fused[ok], alpha[ok] = f.numpy(), a.numpy()
+
+    rev = Revision(operation="reembed", city_id=data.city.id, summary={"model_version": mv})
+    session.add(rev)
+    session.add_all(pending)
+    session.flush()
+    recomputed = {k: 0 for k in (*EMBEDDED, "fused")}
+    new_rows: dict[str, list[int]] = {k: [] for k in recomputed}
+    for j, r in enumerate(regions):
+        pk = data.region_pks[r]
+        kinds = [k for k in EMBEDDED if k in todo[r]]
+        if not ok[j]:
+            continue  # no image at all: nothing can be fused; leave the region unembedded
+        if set(todo[r]) & set(VISUAL) or pk not in old["fused"]:
+            kinds.append("fused")
+        for kind in kinds:
+            vec = fused[j] if kind == "fused" else vectors[kind][j]
+            values: dict[str, Any] = {
+                "vector": vec,
+                "revision": rev.id,
+                "dim": net.dim,
+                "imputed": False if kind == "fused" else not bool(present[kind][j]),
+            }
+            if kind == "fused":
+                values["attention"] = {m: float(x) for m, x in zip(VISUAL, alpha[j], strict=True)}
+            if pk in old[kind]:
+                session.execute(
+                    update(Embedding)
+                    .where(
+                        Embedding.model_version_id == mv,
+                        Embedding.kind == kind,
+                        Embedding.region_pk == pk,
+                    )
+                    .values(**values)
+                )
+            else:
+                new_rows[kind].append(j)
+            recomputed[kind] += 1
+    for kind, rows in new_rows.items():
+        if rows:
+            put_embeddings(
+                session,
+                mv,
+                kind,
+                [data.region_pks[regions[j]] for j in rows],
+                fused[rows] if kind == "fused" else vectors[kind][rows],
+                rev.id,
+                attention=[
+                    {m: float(x) for m, x in zip(VISUAL, alpha[j], strict=True)} for j in rows
+                ]
+                if kind == "fused"
+                else None,
+                imputed=None if kind == "fused" else [not bool(present[kind][j]) for j in rows],
+            )
+    rev.summary = {"model_version": mv, "regions": len(regions), "recomputed": recomputed}
+    session.flush()
+    fault_point("written")
+    ids = [data.region_ids[r] for r in regions]
+    old_fused = {
+        data.region_ids[r]: old["fused"][data.region_pks[r]]
+        for r in regions
+        if data.region_pks[r] in old["fused"]
+    }
+    return ReembedResult(city, mv, rev.id, ids, recomputed, old_fused)

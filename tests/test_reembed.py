@@ -1,0 +1,104 @@
+"""Incremental re-embedding equals a full re-embed; untouched regions keep their revision."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import select
+
+from musecl_store.db import create_engine, transaction
+from musecl_store.embeddings import load_embeddings
+from musecl_store.ingest import ingest_bundle
+from musecl_store.reembed import reembed
+from musecl_store.tables import Embedding, Region
+
+pytestmark = pytest.mark.slow
+
+
+def edit_bundle(src: Path, dst: Path) -> set[str]:
+    """Rename a POI in two regions and re-shoot one street view; returns the regions."""
+    shutil.copytree(src, dst)
+    import h3
+
+    with (dst / "pois.csv").open(encoding="utf-8", newline="") as f:
+        pois = list(csv.DictReader(f))
+    regions = sorted({h3.latlng_to_cell(float(p["lat"]), float(p["lon"]), 8) for p in pois})[:2]
+    for p in pois:
+        if h3.latlng_to_cell(float(p["lat"]), float(p["lon"]), 8) in regions:
+            p["name"] = "Brand New " + p["name"]
+    with (dst / "pois.csv").open("w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(pois[0]))
+        w.writeheader()
+        w.writerows(pois)
+    with (dst / "images.csv").open(newline="") as f:
+        street = next(r for r in csv.DictReader(f) if r["kind"] == "street")
+    Image.new("RGB", (64, 64), (250, 20, 200)).save(dst / street["path"])
+    return {*regions, h3.latlng_to_cell(float(street["lat"]), float(street["lon"]), 8)}
+
+
+def vectors(session, kind: str) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    ids, mat = load_embeddings(session, 1, kind)
+    return dict(zip(ids, mat, strict=True))
+
+
+def test_incremental_equals_full_and_leaves_the_rest_alone(
+    backend, trained: str, demo_bundle: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    url = backend.clone(trained)
+    engine = create_engine(url)
+    edited = edit_bundle(demo_bundle, tmp_path / "edited")
+    with transaction(engine) as s:
+        nothing = reembed(s, "demo-3")
+        assert nothing.revision is None and nothing.regions == []  # nothing changed yet
+        ingest_bundle(s, tmp_path / "edited")
+    with transaction(engine) as s:
+        before = {k: vectors(s, k) for k in ("remote", "street", "poi", "fused")}
+        revs_before = dict(
+            s.execute(
+                select(Region.region_id, Embedding.revision)
+                .join(Embedding, Embedding.region_pk == Region.id)
+                .where(Embedding.kind == "fused")
+            ).all()
+        )
+    with transaction(engine) as s:
+        result = reembed(s, "demo-3")
+    assert set(result.regions) == edited
+    assert result.recomputed["poi"] == 2 and result.recomputed["street"] == 1
+    assert result.recomputed["remote"] == 0 and result.recomputed["fused"] == 1
+    with transaction(engine) as s:
+        after = {k: vectors(s, k) for k in ("remote", "street", "poi", "fused")}
+        revs_after = dict(
+            s.execute(
+                select(Region.region_id, Embedding.revision)
+                .join(Embedding, Embedding.region_pk == Region.id)
+                .where(Embedding.kind == "fused")
+            ).all()
+        )
+        again = reembed(s, "demo-3")
+        assert again.regions == []  # caught up
+    changed_fused = {
+        r for r in after["fused"] if not np.array_equal(after["fused"][r], before["fused"][r])
+    }
+    assert len(changed_fused) == 1 and changed_fused < edited
+    for r, rev in revs_before.items():
+        if r not in changed_fused:
+            assert revs_after[r] == rev  # untouched regions keep their revision
+    # the full re-embed with the same model, in a copy, gives the same vectors
+    engine.dispose()  # nobody may be connected to a database that is copied
+    full_url = backend.clone(url)
+    full = create_engine(full_url)
+    with transaction(full) as s:
+        reembed(s, "demo-3", all_regions=True)
+    with transaction(full) as s:
+        reference = {k: vectors(s, k) for k in ("remote", "street", "poi", "fused")}
+    for kind in reference:
+        for r in edited:
+            np.testing.assert_allclose(
+                after[kind][r], reference[kind][r], atol=1e-5, err_msg=f"{kind} {r}"
+            )
+    full.dispose()
