@@ -993,6 +993,77 @@ def map_command(
         )
 
 
+# ------------------------------------------------------------------ reembed
+
+
+@main.command()
+@city_option
+@click.option("--regions", metavar="ID,ID,...", help="Re-embed these regions (all modalities).")
+@click.option(
+    "--since",
+    type=int,
+    metavar="REVISION",
+    help="Re-embed what the change log records after this store revision.",
+)
+@click.option("--all", "all_regions", is_flag=True, help="Re-embed every region (a full re-embed).")
+@model_option
+@json_option
+@click.pass_obj
+@handle_errors
+def reembed(
+    store: Store,
+    city: str,
+    regions: str | None,
+    since: int | None,
+    all_regions: bool,
+    model_version: int | None,
+    as_json: bool,
+) -> None:
+    """Recompute the embeddings of changed regions with the frozen model, in seconds.
+
+    By default: every region whose remote tiles, street views or POIs changed (the change
+    log and content hashes say which) since its vectors were written, and every new region.
+    Only the changed modalities are recomputed, then the fused vector; all is written in one
+    transaction under a new revision, and the FAISS index is updated in place. Prints a drift
+    report: how far each region moved and how its top-10 neighbours changed.
+    """
+    from musecl_store.reembed import reembed_and_report
+
+    if sum([regions is not None, since is not None, all_regions]) > 1:
+        raise click.UsageError("use at most one of --regions, --since and --all")
+    ids = [r.strip() for r in regions.split(",") if r.strip()] if regions else None
+    out = reembed_and_report(
+        store.engine(),
+        store.settings.index_dir,
+        city,
+        model_version=model_version,
+        region_ids=ids,
+        since=since,
+        all_regions=all_regions,
+        show_progress=False if as_json else None,
+    )
+    if as_json:
+        emit(out)
+        return
+    if out["revision"] is None:
+        click.echo(
+            f"{city}: nothing to re-embed (model version {out['model_version']} is up to date)"
+        )
+        return
+    rc = out["recomputed"]
+    click.echo(
+        f"{city}: re-embedded {out['regions']} regions at revision {out['revision']} "
+        f"(remote {rc['remote']}, street {rc['street']}, poi {rc['poi']}, fused {rc['fused']});"
+        f" index caught up {out['index']['caught_up']} rows"
+    )
+    for d in out["drift"][:20]:
+        moved = "new" if d["cosine_distance"] is None else f"moved {d['cosine_distance']:.4f}"
+        kept = (
+            "" if d["neighbours_kept"] is None else f", {d['neighbours_kept']}/10 neighbours kept"
+        )
+        click.echo(f"  {d['region_id']}: {moved}{kept}")
+
+
 # ------------------------------------------------------------------ models
 
 

@@ -290,6 +290,13 @@ class RegionIndex:
         scores, ids = self._index().search(q, k)
         return scores, ids
 
+    def search_snapshot(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Search the index as it stands, without checking the database: only for comparing
+        with a known earlier state (the re-embed drift report); queries use :meth:`search`."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32).copy()
+        faiss.normalize_L2(q)
+        return self._index().search(q, max(1, min(k, int(self.cpu_index.ntotal))))
+
     def vectors(self, pks: np.ndarray) -> np.ndarray:
         """The stored (normalised) vectors of some regions."""
         if not len(pks):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,10 @@ from musecl_store.tables import Embedding, ModelVersion, Region, RegionChange, R
 
 EMBEDDED = ("remote", "street", "poi")
 FAULT_ENV = "MUSECL_FAULT"
-"""Fault injection for crash tests: MUSECL_FAULT=<step> SIGKILLs the process at that step."""
+"""Fault injection for crash tests: MUSECL_FAULT=<step> SIGKILLs the process at that step;
+MUSECL_PAUSE=<step>:<marker file>:<seconds> creates the marker and sleeps there (readers are
+tested against a writer caught mid-transaction)."""
+STEPS = ("planned", "images_encoded", "texts_encoded", "written", "committed", "index_updated")
 
 
 class ReembedError(MuseclError, LookupError):
@@ -54,6 +58,12 @@ def fault_point(step: str) -> None:
     """Kill this process (SIGKILL: no cleanup) when MUSECL_FAULT names this step."""
     if os.environ.get(FAULT_ENV) == step:
         os.kill(os.getpid(), signal.SIGKILL)
+    pause = os.environ.get("MUSECL_PAUSE", "").split(":")
+    if len(pause) == 3 and pause[0] == step:
+        from pathlib import Path
+
+        Path(pause[1]).touch()
+        time.sleep(float(pause[2]))
 
 
 @dataclass
@@ -314,3 +324,99 @@ def reembed(
         if data.region_pks[r] in old["fused"]
     }
     return ReembedResult(city, mv, rev.id, ids, recomputed, old_fused)
+
+
+def neighbours(
+    index: Any, vectors: dict[str, np.ndarray], k: int = 10, pk_to_id: dict[int, str] | None = None
+) -> dict[str, list[str]]:
+    """Top-k neighbours (region ids, the region itself left out) of some vectors, searched in
+    ``index`` exactly as it stands (no catch-up: this is how it was before a change)."""
+    if not vectors:
+        return {}
+    names = list(vectors)
+    q = np.stack([vectors[n] for n in names]).astype(np.float32)
+    _, ids = index.search_snapshot(q, k + 1)
+    out = {}
+    for name, row in zip(names, ids, strict=True):
+        found = [
+            pk_to_id.get(int(i), str(int(i))) if pk_to_id else str(int(i)) for i in row if i >= 0
+        ]
+        out[name] = [f for f in found if f != name][:k]
+    return out
+
+
+def drift_report(
+    old: dict[str, np.ndarray],
+    new: dict[str, np.ndarray],
+    before: dict[str, list[str]],
+    after: dict[str, list[str]],
+) -> list[dict[str, Any]]:
+    """Per re-embedded region: how far its fused vector moved (cosine distance) and how its
+    top-10 neighbours changed."""
+    rows = []
+    for rid in sorted(new):
+        entry: dict[str, Any] = {
+            "region_id": rid,
+            "cosine_distance": None,
+            "neighbours_kept": None,
+            "neighbours_added": [],
+            "neighbours_removed": [],
+        }
+        if rid in old:
+            a, b = old[rid], new[rid]
+            denom = float(np.linalg.norm(a) * np.linalg.norm(b)) or 1.0
+            entry["cosine_distance"] = round(1.0 - float(a @ b) / denom, 6)
+        if rid in before and rid in after:
+            b4, af = before[rid], after[rid]
+            entry["neighbours_kept"] = len(set(b4) & set(af))
+            entry["neighbours_added"] = [r for r in af if r not in b4]
+            entry["neighbours_removed"] = [r for r in b4 if r not in af]
+        rows.append(entry)
+    return rows
+
+
+def reembed_and_report(
+    engine: Any,
+    index_dir: Any,
+    city: str,
+    *,
+    model_version: int | None = None,
+    region_ids: list[str] | None = None,
+    since: int | None = None,
+    all_regions: bool = False,
+    show_progress: bool | None = None,
+) -> dict[str, Any]:
+    """The whole ``musecl reembed``: re-embed in one transaction, commit, then update the
+    FAISS index in place and build the drift report. A crash before the commit leaves the old
+    embeddings; a crash after it leaves an index that the next open catches up."""
+    from musecl_store.db import transaction
+    from musecl_store.embeddings import load_embeddings
+    from musecl_store.index import RegionIndex
+    from musecl_store.summary import get_city
+
+    with transaction(engine) as session:
+        mv = model_version if model_version is not None else active_model_version(session, city)
+        index = RegionIndex.open(session, index_dir, mv)  # caught up: the state before
+        result = reembed(
+            session,
+            city,
+            model_version=mv,
+            region_ids=region_ids,
+            since=since,
+            all_regions=all_regions,
+            show_progress=show_progress,
+        )
+        pk_to_id = dict(session.execute(select(Region.id, Region.region_id)).all())
+        before = neighbours(index, result.old_fused, pk_to_id=pk_to_id)
+    fault_point("committed")
+    report: list[dict[str, Any]] = []
+    if result.revision is not None:
+        with transaction(engine) as session:
+            index.refresh(session)  # remove and re-add the changed ids, restamp
+            fault_point("index_updated")
+            ids, mat = load_embeddings(session, mv, "fused", get_city(session, city).id)
+            wanted = set(result.regions)
+            new = {r: v for r, v in zip(ids, mat, strict=True) if r in wanted}
+            after = neighbours(index, new, pk_to_id=pk_to_id)
+        report = drift_report(result.old_fused, new, before, after)
+    return {**result.to_dict(), "index": index.status(), "drift": report}

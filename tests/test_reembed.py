@@ -102,3 +102,36 @@ def test_incremental_equals_full_and_leaves_the_rest_alone(
                 after[kind][r], reference[kind][r], atol=1e-5, err_msg=f"{kind} {r}"
             )
     full.dispose()
+
+
+def test_cli_reembed_updates_the_index_and_reports_drift(
+    backend, trained: str, demo_bundle: Path, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from click.testing import CliRunner
+
+    from musecl_store.cli import main
+
+    monkeypatch.setenv("MUSECL_INDEX_DIR", str(tmp_path / "idx"))
+    url = backend.clone(trained)
+    runner = CliRunner()
+    first = json.loads(
+        runner.invoke(main, ["--db", url, "reembed", "--city", "demo-3", "--json"]).stdout
+    )
+    assert first["revision"] is None and first["drift"] == []
+    edited = edit_bundle(demo_bundle, tmp_path / "edited")
+    assert runner.invoke(main, ["--db", url, "ingest", str(tmp_path / "edited")]).exit_code == 0
+    out = runner.invoke(main, ["--db", url, "reembed", "--city", "demo-3", "--json"])
+    assert out.exit_code == 0, out.output
+    rep = json.loads(out.stdout)
+    assert rep["regions"] == len(edited) and rep["index"]["revision"] == rep["revision"]
+    assert rep["index"]["caught_up"] == rep["recomputed"]["fused"] and not rep["index"]["rebuilt"]
+    moved = [d for d in rep["drift"] if d["cosine_distance"]]
+    assert len(moved) == 1 and 0 < moved[0]["cosine_distance"] <= 2
+    assert all(
+        d["neighbours_kept"] is None or 0 <= d["neighbours_kept"] <= 10 for d in rep["drift"]
+    )
+    assert {d["region_id"] for d in rep["drift"]} == edited
+    bad = runner.invoke(main, ["--db", url, "reembed", "--city", "demo-3", "--all", "--since", "3"])
+    assert bad.exit_code == 2 and "at most one" in bad.output
