@@ -8,7 +8,7 @@ training for its write-back and by re-embedding.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,20 @@ class CityData:
     def n(self) -> int:
         return len(self.region_ids)
 
+    def only_regions(self, keep: np.ndarray) -> CityData:
+        """The same city data, listing only the regions where ``keep`` is true."""
+        idx = np.flatnonzero(keep)
+        return replace(
+            self,
+            region_ids=[self.region_ids[i] for i in idx],
+            region_pks=[self.region_pks[i] for i in idx],
+            _pixels={},
+        )
+
+    def with_images(self, kind: str, images: ImageSet) -> CityData:
+        """The same city data with another image list of one kind (pixels not shared)."""
+        return replace(self, images={**self.images, kind: images}, _pixels={})
+
     def images_of(self, kind: str) -> list[list[int]]:
         """Per region, the indices (into ``images[kind]``) of its images."""
         out: list[list[int]] = [[] for _ in range(self.n)]
@@ -83,8 +97,16 @@ class CityData:
         return self._pixels[key]
 
 
-def load_city_data(session: Session, city_name: str) -> CityData:
-    """Read one city's regions, images, POIs and mobility from the store."""
+def load_city_data(
+    session: Session, city_name: str, *, only: Sequence[int] | None = None, mobility: bool = True
+) -> CityData:
+    """Read one city's regions, images, POIs and mobility from the store.
+
+    Args:
+        only: region pks whose images and POIs to read (all regions are still listed);
+            ``None`` reads every region's. Re-embedding a few regions reads only theirs.
+        mobility: read in/out counts and the O/D matrix (training needs them, embedding not).
+    """
     city = get_city(session, city_name)
     regions = session.execute(
         select(Region.id, Region.region_id)
@@ -95,42 +117,28 @@ def load_city_data(session: Session, city_name: str) -> CityData:
     index = {pk: i for i, pk in enumerate(pks)}
     images: dict[str, ImageSet] = {}
     for kind in VISUAL:
-        rows = session.execute(
-            select(Image.region_pk, Image.path, Image.sha256)
-            .where(Image.city_id == city.id, Image.kind == kind)
-            .order_by(Image.path)
-        ).all()
+        stmt = select(Image.region_pk, Image.path, Image.sha256).where(
+            Image.city_id == city.id, Image.kind == kind
+        )
+        rows = _rows_of(session, stmt.order_by(Image.path), Image.region_pk, only)
         images[kind] = ImageSet(
             np.array([index[r.region_pk] for r in rows], dtype=np.int64),
             [r.path for r in rows],
             [r.sha256 for r in rows],
         )
-    pois = session.execute(
+    pois = _rows_of(
+        session,
         select(Poi.region_pk, Poi.name, Poi.category, Poi.text, Poi.content_hash)
         .where(Poi.city_id == city.id)
-        .order_by(Poi.poi_id)
-    ).all()
+        .order_by(Poi.poi_id),
+        Poi.region_pk,
+        only,
+    )
     n = len(pks)
     inflow, outflow = np.zeros(n), np.zeros(n)
-    for pk, i_, o_ in session.execute(
-        select(Mobility.region_pk, Mobility.inflow, Mobility.outflow)
-        .join(Region, Region.id == Mobility.region_pk)
-        .where(Region.city_id == city.id)
-    ).all():
-        inflow[index[pk]], outflow[index[pk]] = i_, o_
-    od_rows = session.execute(
-        select(OdFlow.origin_pk, OdFlow.dest_pk, OdFlow.trips)
-        .join(Region, Region.id == OdFlow.origin_pk)
-        .where(Region.city_id == city.id)
-    ).all()
-    od = sparse.csr_matrix(
-        (
-            [r.trips for r in od_rows],
-            ([index[r.origin_pk] for r in od_rows], [index[r.dest_pk] for r in od_rows]),
-        ),
-        shape=(n, n),
-        dtype=np.float64,
-    )
+    od = sparse.csr_matrix((n, n), dtype=np.float64)
+    if mobility:
+        inflow, outflow, od = _mobility(session, city.id, index, n)
     return CityData(
         city=city,
         region_ids=[r.region_id for r in regions],
@@ -144,6 +152,43 @@ def load_city_data(session: Session, city_name: str) -> CityData:
         outflow=outflow,
         od=od,
     )
+
+
+def _rows_of(session: Session, stmt: Any, pk_column: Any, only: Sequence[int] | None) -> list[Any]:
+    """Run ``stmt``, restricted to ``only`` region pks (in chunks) when given, keeping order."""
+    if only is None:
+        return list(session.execute(stmt).all())
+    out: list[Any] = []
+    pks = sorted(set(only))
+    for i in range(0, len(pks), 5000):
+        out.extend(session.execute(stmt.where(pk_column.in_(pks[i : i + 5000]))).all())
+    return out
+
+
+def _mobility(
+    session: Session, city_id: int, index: dict[int, int], n: int
+) -> tuple[np.ndarray, np.ndarray, sparse.csr_matrix]:
+    inflow, outflow = np.zeros(n), np.zeros(n)
+    for pk, i_, o_ in session.execute(
+        select(Mobility.region_pk, Mobility.inflow, Mobility.outflow)
+        .join(Region, Region.id == Mobility.region_pk)
+        .where(Region.city_id == city_id)
+    ).all():
+        inflow[index[pk]], outflow[index[pk]] = i_, o_
+    od_rows = session.execute(
+        select(OdFlow.origin_pk, OdFlow.dest_pk, OdFlow.trips)
+        .join(Region, Region.id == OdFlow.origin_pk)
+        .where(Region.city_id == city_id)
+    ).all()
+    od = sparse.csr_matrix(
+        (
+            [r.trips for r in od_rows],
+            ([index[r.origin_pk] for r in od_rows], [index[r.dest_pk] for r in od_rows]),
+        ),
+        shape=(n, n),
+        dtype=np.float64,
+    )
+    return inflow, outflow, od
 
 
 def text_embeddings(
@@ -345,7 +390,7 @@ def embed_city(
     if mv is None:
         raise LookupError(f"model version {model_version_id} does not exist")
     net, config = MuseclNet.load(mv.checkpoint_path)
-    data = load_city_data(session, city)
+    data = load_city_data(session, city, mobility=False)
     encoder = TextEncoder(config.get("text_model", "all-MiniLM-L6-v2"))
     pending: list[TextEmbedding] = []
     text = poi_text_means(
@@ -360,7 +405,6 @@ def embed_city(
     )
     session.add(rev)
     session.flush()
-    pks = [data.region_pks[i] for i in np.flatnonzero(keep)]
     for i in range(0, len(data.region_pks), 5000):
         session.execute(
             delete(Embedding).where(
@@ -368,19 +412,7 @@ def embed_city(
                 Embedding.region_pk.in_(data.region_pks[i : i + 5000]),
             )
         )
-    sub = CityData(
-        data.city,
-        [data.region_ids[i] for i in np.flatnonzero(keep)],
-        pks,
-        data.images,
-        data.poi_region,
-        data.poi_category,
-        data.poi_sentence,
-        data.poi_hash,
-        data.inflow,
-        data.outflow,
-        data.od,
-    )
+    sub = data.only_regions(keep)
     kept = RegionEmbeddings(
         {k: v[keep] for k, v in result.vectors.items()},
         {k: v[keep] for k, v in result.imputed.items()},

@@ -34,15 +34,26 @@ def put_embeddings(
     attention: Sequence[dict[str, float] | None] | None = None,
     imputed: Sequence[bool] | None = None,
 ) -> int:
-    """Insert one vector per region (rows of ``vectors``); returns the number of rows."""
+    """Insert one vector per region (rows of ``vectors``); returns the number of rows.
+
+    On PostgreSQL the rows stream through ``COPY ... FROM STDIN (FORMAT BINARY)``; on
+    SpatiaLite they go in batched multi-row inserts. Either way inside the caller's
+    transaction.
+    """
     _check_kind(kind)
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape[0] != len(region_pks):
         raise ValueError(
             f"vectors must be (n_regions, dim); got {vectors.shape} for {len(region_pks)} regions"
         )
+    if not np.isfinite(vectors).all():
+        raise ValueError("embedding vectors must be finite (found NaN or inf)")
     att: Sequence[dict[str, float] | None] = attention or [None] * len(region_pks)
     imp: Sequence[bool] = imputed if imputed is not None else [False] * len(region_pks)
+    if dialect.name(session) == "postgresql":
+        return _copy_embeddings(
+            session, model_version_id, kind, region_pks, vectors, revision, att, imp
+        )
     rows: list[dict[str, Any]] = [
         {
             "region_pk": int(pk),
@@ -59,6 +70,44 @@ def put_embeddings(
     for i in range(0, len(rows), 5000):
         session.execute(insert(Embedding), rows[i : i + 5000])
     return len(rows)
+
+
+def _copy_embeddings(
+    session: Session,
+    model_version_id: int,
+    kind: str,
+    region_pks: Sequence[int],
+    vectors: np.ndarray,
+    revision: int,
+    attention: Sequence[dict[str, float] | None],
+    imputed: Sequence[bool],
+) -> int:
+    from psycopg.types.json import Json
+
+    session.flush()  # earlier ORM work must reach the server before the COPY
+    raw = session.connection().connection.driver_connection
+    assert raw is not None  # a live psycopg connection inside the caller's transaction
+    dim = int(vectors.shape[1])
+    cols = "region_pk, model_version_id, kind, dim, vector, attention, imputed, revision"
+    with (
+        raw.cursor() as cur,
+        cur.copy(f"COPY embeddings ({cols}) FROM STDIN (FORMAT BINARY)") as cp,
+    ):
+        cp.set_types(["int4", "int4", "varchar", "int4", "float4[]", "json", "bool", "int4"])
+        for pk, v, a, m in zip(region_pks, vectors.tolist(), attention, imputed, strict=True):
+            cp.write_row(
+                (
+                    int(pk),
+                    model_version_id,
+                    kind,
+                    dim,
+                    v,
+                    None if a is None else Json(a),
+                    bool(m),
+                    revision,
+                )
+            )
+    return len(region_pks)
 
 
 def load_embeddings(

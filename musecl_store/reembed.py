@@ -167,11 +167,18 @@ def reembed(
     row = session.get(ModelVersion, mv)
     if row is None:
         raise ReembedError(f"model version {mv} does not exist")
-    data = load_city_data(session, city)
-    todo = plan(session, data, mv, region_ids=region_ids, since=since, all_regions=all_regions)
+    listing = load_city_data(session, city, only=[], mobility=False)  # the regions alone
+    todo = plan(session, listing, mv, region_ids=region_ids, since=since, all_regions=all_regions)
     fault_point("planned")
     if not todo:
         return ReembedResult(city, mv, None, [], {k: 0 for k in (*EMBEDDED, "fused")})
+    # images and POIs of the regions to re-embed only: the cost follows the change, not the city
+    data = load_city_data(
+        session,
+        city,
+        mobility=False,
+        only=None if all_regions else [listing.region_pks[r] for r in todo],
+    )
     net, config = MuseclNet.load(row.checkpoint_path)
     size = int(config["image_size"])
     regions = sorted(todo)
@@ -197,19 +204,7 @@ def reembed(
         has = np.zeros(len(regions), dtype=bool)
         vec = np.zeros((len(regions), net.dim), dtype=np.float32)
         if sub.paths:
-            local = CityData(
-                data.city,
-                data.region_ids,
-                data.region_pks,
-                {kind: sub},
-                data.poi_region,
-                data.poi_category,
-                data.poi_sentence,
-                data.poi_hash,
-                data.inflow,
-                data.outflow,
-                data.od,
-            )
+            local = data.with_images(kind, sub)
             emb = encode_images(net.encoders[kind], local.pixels(kind, size, show_progress))
             means, got = region_means(
                 emb, np.array([pos[r] for r in sub.region.tolist()]), len(regions)

@@ -448,7 +448,7 @@ class Trainer:
         keep = self.has_image
         if not keep.all():  # skip_regions_without_images: leave them out
             self.log(f"{int((~keep).sum())} region(s) without images are left unembedded")
-            data = _subset(data, keep)
+            data = data.only_regions(keep)
             result.vectors = {k: v[keep] for k, v in result.vectors.items()}
             result.imputed = {k: v[keep] for k, v in result.imputed.items()}
             result.alpha = result.alpha[keep]
@@ -482,23 +482,6 @@ class Trainer:
         rev.summary = {"model_version": mv.id, "embeddings": counts}
         s.flush()
         return TrainResult(mv.id, rev.id, self.run_dir, checkpoint, self.history, counts, seconds)
-
-
-def _subset(data: CityData, keep: np.ndarray) -> CityData:
-    idx = np.flatnonzero(keep)
-    return CityData(
-        data.city,
-        [data.region_ids[i] for i in idx],
-        [data.region_pks[i] for i in idx],
-        data.images,
-        data.poi_region,
-        data.poi_category,
-        data.poi_sentence,
-        data.poi_hash,
-        data.inflow,
-        data.outflow,
-        data.od,
-    )
 
 
 def train_city(

@@ -1,0 +1,265 @@
+"""Re-embedding benchmark, in one run (prints JSON; the README quotes it with the machine):
+
+1. A 10k-region demo city on the embedded default (SpatiaLite), embedded with a model trained
+   on a small demo city. Then 1% of its regions change (POIs renamed in half of them, an
+   image re-shot in the other half) and are re-ingested. Timed: ``musecl reembed`` of those
+   (incremental, index updated in place, drift report) vs a full re-embed plus an index
+   rebuild. Target: the incremental one at least 20x faster.
+2. Bulk loading 1M embeddings into PostGIS: COPY (what ``put_embeddings`` does there) vs
+   row-by-row ORM inserts (timed on a sample, as rows per second), and loading them back
+   into one numpy matrix.
+
+Usage: .venv/bin/python bench/reembed.py [--regions 10000] [--pg-admin URL] [--rows 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from musecl_store import dialect
+from musecl_store.db import create_engine, open_engine, transaction
+from musecl_store.demo import make_demo_city
+from musecl_store.embed import embed_city
+from musecl_store.embeddings import put_embeddings
+from musecl_store.index import RegionIndex
+from musecl_store.ingest import ingest_bundle
+from musecl_store.reembed import reembed, reembed_and_report
+from musecl_store.schema import ensure_schema, upgrade
+from musecl_store.tables import City, Embedding, ModelVersion, Region
+from training.config import TrainConfig
+from training.trainer import train_city
+
+
+def edit_one_percent(bundle: Path, n_regions: int, seed: int = 0) -> int:
+    """Rename POIs in half of 1% of the regions and re-shoot an image in the other half."""
+    import h3
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    with (bundle / "pois.csv").open(encoding="utf-8", newline="") as f:
+        pois = list(csv.DictReader(f))
+    with (bundle / "images.csv").open(newline="") as f:
+        images = list(csv.DictReader(f))
+    cells = sorted({h3.latlng_to_cell(float(p["lat"]), float(p["lon"]), 8) for p in pois})
+    k = max(2, n_regions // 100)
+    picked = [cells[i] for i in rng.choice(len(cells), k, replace=False)]
+    poi_half, img_half = set(picked[: k // 2]), set(picked[k // 2 :])
+    for p in pois:
+        if h3.latlng_to_cell(float(p["lat"]), float(p["lon"]), 8) in poi_half:
+            p["name"] = "Renamed " + p["name"]
+    with (bundle / "pois.csv").open("w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(pois[0]))
+        w.writeheader()
+        w.writerows(pois)
+    done = set()
+    for im in images:
+        cell = h3.latlng_to_cell(float(im["lat"]), float(im["lon"]), 8)
+        if cell in img_half and cell not in done:
+            Image.new("RGB", (64, 64), tuple(int(v) for v in rng.integers(0, 255, 3))).save(
+                bundle / im["path"]
+            )
+            done.add(cell)
+    return len(poi_half) + len(done)
+
+
+def part_reembed(regions: int, tmp: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    make_demo_city(tmp / "small", seed=0, regions=300, show_progress=False)
+    make_demo_city(tmp / "big", seed=1, regions=regions, name="big", show_progress=False)
+    out["generate_s"] = round(time.perf_counter() - t0, 1)
+    engine = open_engine(str(tmp / "store.sqlite"))
+    ensure_schema(engine)
+    with transaction(engine) as s:
+        ingest_bundle(s, tmp / "small", show_progress=False)
+    t0 = time.perf_counter()
+    with transaction(engine) as s:
+        ingest_bundle(s, tmp / "big", show_progress=False)
+    out["ingest_s"] = round(time.perf_counter() - t0, 1)
+    with transaction(engine) as s:
+        mv = train_city(
+            s,
+            "demo-0",
+            TrainConfig(epochs=1, fusion_epochs=10, checkpoint_dir=str(tmp / "ckpt")),
+            show_progress=False,
+            log=lambda m: None,
+        ).model_version_id
+    t0 = time.perf_counter()
+    with transaction(engine) as s:
+        first = embed_city(s, "big", mv, show_progress=False)
+    out["first_embed_s_with_text_encoding"] = round(time.perf_counter() - t0, 1)
+    out["regions"] = first["embeddings"]["fused"]
+    index_dir = tmp / "index"
+    with transaction(engine) as s:
+        RegionIndex.build(s, index_dir, mv)
+    t0 = time.perf_counter()
+    with transaction(engine) as s:
+        reembed(s, "big", model_version=mv, all_regions=True, show_progress=False)
+    with transaction(engine) as s:
+        RegionIndex.build(s, index_dir, mv)
+    full = time.perf_counter() - t0
+    changed = edit_one_percent(tmp / "big", out["regions"])
+    with transaction(engine) as s:
+        ingest_bundle(s, tmp / "big", show_progress=False)
+    t0 = time.perf_counter()
+    report = reembed_and_report(engine, index_dir, "big", model_version=mv, show_progress=False)
+    inc = time.perf_counter() - t0
+    out.update(
+        {
+            "changed_regions": changed,
+            "reembedded_regions": report["regions"],
+            "recomputed": report["recomputed"],
+            "full_reembed_plus_index_rebuild_s": round(full, 2),
+            "incremental_reembed_s": round(inc, 2),
+            "speedup": round(full / inc, 1),
+            "index_caught_up_rows": report["index"]["caught_up"],
+        }
+    )
+    engine.dispose()
+    return out
+
+
+def part_bulk(admin_url: str, rows: int, orm_rows: int) -> dict[str, Any]:
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    db = f"musecl_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as c:
+        c.exec_driver_sql(f'CREATE DATABASE "{db}"')
+    url = sa.engine.make_url(admin_url).set(database=db).render_as_string(hide_password=False)
+    try:
+        engine = create_engine(url)
+        upgrade(engine)
+        n_regions, dim = 10_000, 128
+        n_versions = rows // n_regions
+        rng = np.random.default_rng(0)
+        with transaction(engine) as s:
+            city = City(name="bulk", crs="EPSG:4326", source_path="-", revision=0)
+            s.add(city)
+            s.flush()
+            s.execute(
+                sa.insert(Region),
+                [
+                    {
+                        "city_id": city.id,
+                        "region_id": f"r{i}",
+                        "geom": "SRID=4326;MULTIPOLYGON(((0 0,1 0,1 1,0 0)))",
+                        "centroid": "SRID=4326;POINT(0.5 0.3)",
+                        "area_km2": 1.0,
+                        "revision": 1,
+                        **{
+                            f"hash_{m}": "-"
+                            for m in (
+                                "geometry",
+                                "poi",
+                                "remote",
+                                "street",
+                                "mobility",
+                                "indicators",
+                            )
+                        },
+                    }
+                    for i in range(n_regions)
+                ],
+            )
+            pks = list(s.scalars(sa.select(Region.id).order_by(Region.id)))
+            mvs = []
+            for _ in range(n_versions + 1):
+                mv = ModelVersion(city_id=city.id, seed=0, data_revision=0, checkpoint_path="-")
+                s.add(mv)
+                mvs.append(mv)
+            s.flush()
+            mv_ids = [m.id for m in mvs]
+        vec = rng.normal(size=(n_regions, dim)).astype(np.float32)
+        t0 = time.perf_counter()
+        with transaction(engine) as s:
+            for mv in mv_ids[:n_versions]:
+                put_embeddings(s, mv, "fused", pks, vec, 1)
+        copy_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with transaction(engine) as s:
+            for pk, v in zip(pks[:orm_rows], vec[:orm_rows], strict=True):
+                s.add(
+                    Embedding(
+                        region_pk=pk,
+                        model_version_id=mv_ids[-1],
+                        kind="fused",
+                        dim=dim,
+                        vector=v,
+                        revision=1,
+                    )
+                )
+                s.flush()  # one INSERT per row, as a naive ORM loop does
+        orm_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with transaction(engine) as s:
+            blobs = (
+                s.execute(
+                    sa.select(dialect.vector_wire(Embedding.vector, "postgresql")).where(
+                        Embedding.model_version_id.in_(mv_ids[:n_versions])
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            mat = dialect.decode_vectors(list(blobs), dim, "postgresql")
+        load_s = time.perf_counter() - t0
+        assert mat.shape == (n_versions * n_regions, dim)
+        engine.dispose()
+        return {
+            "rows": n_versions * n_regions,
+            "dim": dim,
+            "copy_rows_per_s": round(n_versions * n_regions / copy_s),
+            "copy_s": round(copy_s, 1),
+            "orm_row_by_row_rows_per_s": round(orm_rows / orm_s),
+            "orm_sample_rows": orm_rows,
+            "load_to_numpy_rows_per_s": round(len(blobs) / load_s),
+            "load_s": round(load_s, 1),
+        }
+    finally:
+        with admin.connect() as c:
+            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        admin.dispose()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--regions", type=int, default=10_000)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--orm-rows", type=int, default=20_000)
+    ap.add_argument(
+        "--pg-admin",
+        default=os.environ.get(
+            "MUSECL_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"
+        ),
+    )
+    ap.add_argument("--skip-bulk", action="store_true")
+    args = ap.parse_args()
+    out: dict[str, Any] = {
+        "benchmark": "reembed",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+        },
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        out["reembed"] = part_reembed(args.regions, Path(tmp))
+    print(json.dumps(out["reembed"]), flush=True, file=__import__("sys").stderr)
+    if not args.skip_bulk:
+        out["bulk_postgis"] = part_bulk(args.pg_admin, args.rows, args.orm_rows)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
