@@ -280,20 +280,17 @@ class RegionIndex:
         The stamp is checked against the database first and the index refreshed if stale.
         """
         self.refresh(session)
+        return self.search_snapshot(queries, k)
+
+    def search_snapshot(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Search the index as it stands, without checking the database: for callers that
+        refreshed it already in this transaction, or that compare with a known earlier state
+        (the re-embed drift report)."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32).copy()
         if q.shape[1] != self.stamp.dim:
             raise IndexUnavailableError(
                 f"query vectors have {q.shape[1]} dims, the index {self.stamp.dim}"
             )
-        faiss.normalize_L2(q)
-        k = max(1, min(k, int(self.cpu_index.ntotal)))
-        scores, ids = self._index().search(q, k)
-        return scores, ids
-
-    def search_snapshot(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Search the index as it stands, without checking the database: only for comparing
-        with a known earlier state (the re-embed drift report); queries use :meth:`search`."""
-        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32).copy()
         faiss.normalize_L2(q)
         return self._index().search(q, max(1, min(k, int(self.cpu_index.ntotal))))
 

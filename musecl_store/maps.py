@@ -79,24 +79,30 @@ def values_for(
     if sum(v is not None for v in (indicator, prediction, similar_to)) != 1:
         raise MapError("map exactly one of --indicator, --prediction or --similar-to")
     c = get_city(session, city)
-    if indicator is not None:
+    if indicator is not None or prediction is not None:
+        table, column, label, missing = (
+            (
+                Indicator,
+                Indicator.name == indicator,
+                f"{city}: {indicator}",
+                f"city {city!r} has no values of indicator {indicator!r}",
+            )
+            if indicator is not None
+            else (
+                Prediction,
+                Prediction.regressor == prediction,
+                f"{city}: predicted by {prediction}",
+                f"regressor {prediction!r} has no predictions for city {city!r}",
+            )
+        )
         rows = session.execute(
-            select(Region.region_id, Indicator.value)
-            .join(Indicator, Indicator.region_pk == Region.id)
-            .where(Region.city_id == c.id, Indicator.name == indicator)
+            select(Region.region_id, table.value)
+            .join(table, table.region_pk == Region.id)
+            .where(Region.city_id == c.id, column)
         ).all()
         if not rows:
-            raise MapError(f"city {city!r} has no values of indicator {indicator!r}")
-        return f"{city}: {indicator}", {r: float(v) for r, v in rows}
-    if prediction is not None:
-        rows = session.execute(
-            select(Region.region_id, Prediction.value)
-            .join(Prediction, Prediction.region_pk == Region.id)
-            .where(Region.city_id == c.id, Prediction.regressor == prediction)
-        ).all()
-        if not rows:
-            raise MapError(f"regressor {prediction!r} has no predictions for city {city!r}")
-        return f"{city}: predicted by {prediction}", {r: float(v) for r, v in rows}
+            raise MapError(missing)
+        return label, {r: float(v) for r, v in rows}
     mv = model_version if model_version is not None else active_model_version(session, city)
     ids, mat = load_embeddings(session, mv, "fused", c.id)
     if similar_to not in ids:

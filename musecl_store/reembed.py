@@ -217,7 +217,7 @@ def reembed(
         vectors[kind], present[kind] = vec, has
     fault_point("images_encoded")
     want = {r for r in regions if "poi" in todo[r]}
-    has_poi = np.array([bool(np.any(data.poi_region == r)) for r in regions])
+    has_poi = np.bincount(data.poi_region, minlength=data.n)[regions] > 0
     poi_vec = np.zeros((len(regions), net.dim), dtype=np.float32)
     pending: list[Any] = []
     if want:

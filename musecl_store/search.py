@@ -254,9 +254,9 @@ def similar(
         )
         if query_pk is None:
             raise SearchError(f"city {query.city!r} has no region {query.region_id!r}")
+    index.refresh(session)  # once per query: the index must agree with the database
     if query_pk is not None:
         query_city = session.scalar(select(Region.city_id).where(Region.id == query_pk))
-        index.refresh(session)
         try:
             vec = index.vectors(np.array([query_pk]))[0]
         except RuntimeError as exc:
@@ -284,7 +284,6 @@ def similar(
         pks = np.array([p for p in allowed if int(p) not in excluded], dtype=np.int64)
         if not len(pks):
             return []
-        index.refresh(session)
         q = vec / max(float(np.linalg.norm(vec)), 1e-12)
         scores = index.vectors(pks) @ q
         order = np.lexsort((pks, -scores))[:k]
@@ -295,7 +294,7 @@ def similar(
         fetch = k + len(excluded)
         total = int(index.cpu_index.ntotal)
         while True:
-            scores, ids = index.search(session, vec, min(fetch, total))
+            scores, ids = index.search_snapshot(vec, min(fetch, total))
             ranked = [
                 (int(i), float(s))
                 for i, s in zip(ids[0], scores[0], strict=True)
