@@ -88,14 +88,13 @@ def part_reembed(regions: int, tmp: Path) -> dict[str, Any]:
     with transaction(engine) as s:
         ingest_bundle(s, tmp / "big", show_progress=False)
     out["ingest_s"] = round(time.perf_counter() - t0, 1)
-    with transaction(engine) as s:
-        mv = train_city(
-            s,
-            "demo-0",
-            TrainConfig(epochs=1, fusion_epochs=10, checkpoint_dir=str(tmp / "ckpt")),
-            show_progress=False,
-            log=lambda m: None,
-        ).model_version_id
+    mv = train_city(
+        engine,
+        "demo-0",
+        TrainConfig(epochs=1, fusion_epochs=10, checkpoint_dir=str(tmp / "ckpt")),
+        show_progress=False,
+        log=lambda m: None,
+    ).model_version_id
     t0 = time.perf_counter()
     with transaction(engine) as s:
         first = embed_city(s, "big", mv, show_progress=False)

@@ -14,18 +14,30 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import sparse
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from musecl_store.bundle import digest
-from musecl_store.embeddings import put_embeddings
+from musecl_store.embeddings import load_embeddings_flags, put_embeddings
 from musecl_store.images import open_checked
-from musecl_store.nn.fusion import VISUAL
+from musecl_store.nn.features import mobility_features, poi_count_features
+from musecl_store.nn.fusion import BRANCHES, VISUAL
 from musecl_store.nn.model import MuseclNet
 from musecl_store.nn.text import TextEncoder, poi_sentence
 from musecl_store.progress import progress
 from musecl_store.summary import get_city
-from musecl_store.tables import City, Image, Mobility, OdFlow, Poi, Region, TextEmbedding
+from musecl_store.tables import (
+    City,
+    Embedding,
+    Image,
+    Mobility,
+    ModelVersion,
+    OdFlow,
+    Poi,
+    Region,
+    Revision,
+    TextEmbedding,
+)
 
 
 @dataclass
@@ -52,6 +64,7 @@ class CityData:
     inflow: np.ndarray
     outflow: np.ndarray
     od: sparse.csr_matrix
+    lonlat: np.ndarray  # (n, 2) region centroids
     _pixels: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
@@ -65,6 +78,7 @@ class CityData:
             self,
             region_ids=[self.region_ids[i] for i in idx],
             region_pks=[self.region_pks[i] for i in idx],
+            lonlat=self.lonlat[idx],
             _pixels={},
         )
 
@@ -109,7 +123,7 @@ def load_city_data(
     """
     city = get_city(session, city_name)
     regions = session.execute(
-        select(Region.id, Region.region_id)
+        select(Region.id, Region.region_id, func.ST_X(Region.centroid), func.ST_Y(Region.centroid))
         .where(Region.city_id == city.id)
         .order_by(Region.region_id)
     ).all()
@@ -138,7 +152,7 @@ def load_city_data(
     inflow, outflow = np.zeros(n), np.zeros(n)
     od = sparse.csr_matrix((n, n), dtype=np.float64)
     if mobility:
-        inflow, outflow, od = _mobility(session, city.id, index, n)
+        inflow, outflow, od = _mobility(session, city.id, index, n, only)
     return CityData(
         city=city,
         region_ids=[r.region_id for r in regions],
@@ -151,6 +165,7 @@ def load_city_data(
         inflow=inflow,
         outflow=outflow,
         od=od,
+        lonlat=np.array([(r[2], r[3]) for r in regions], dtype=np.float64).reshape(-1, 2),
     )
 
 
@@ -166,20 +181,32 @@ def _rows_of(session: Session, stmt: Any, pk_column: Any, only: Sequence[int] | 
 
 
 def _mobility(
-    session: Session, city_id: int, index: dict[int, int], n: int
+    session: Session, city_id: int, index: dict[int, int], n: int, only: Sequence[int] | None
 ) -> tuple[np.ndarray, np.ndarray, sparse.csr_matrix]:
+    """In/out counts and the O/D matrix; with ``only``, just those regions' counts, O/D rows
+    and O/D columns (all that their mobility features need)."""
     inflow, outflow = np.zeros(n), np.zeros(n)
-    for pk, i_, o_ in session.execute(
+    stmt = (
         select(Mobility.region_pk, Mobility.inflow, Mobility.outflow)
         .join(Region, Region.id == Mobility.region_pk)
         .where(Region.city_id == city_id)
-    ).all():
+    )
+    for pk, i_, o_ in _rows_of(session, stmt, Mobility.region_pk, only):
         inflow[index[pk]], outflow[index[pk]] = i_, o_
-    od_rows = session.execute(
+    od_stmt = (
         select(OdFlow.origin_pk, OdFlow.dest_pk, OdFlow.trips)
         .join(Region, Region.id == OdFlow.origin_pk)
         .where(Region.city_id == city_id)
-    ).all()
+    )
+    if only is None:
+        od_rows = list(session.execute(od_stmt).all())
+    else:  # rows and columns; a trip within one of them comes twice, once is kept
+        seen = {
+            (r.origin_pk, r.dest_pk): r
+            for col in (OdFlow.origin_pk, OdFlow.dest_pk)
+            for r in _rows_of(session, od_stmt, col, only)
+        }
+        od_rows = list(seen.values())
     od = sparse.csr_matrix(
         (
             [r.trips for r in od_rows],
@@ -266,13 +293,69 @@ def encode_images(
 
 
 @dataclass
+class RegionInputs:
+    """What the networks read for a list of regions (in order), per branch: a matrix and
+    which regions have that branch."""
+
+    visual: dict[str, tuple[np.ndarray, np.ndarray]]  # mean image embedding (n, d), has (n,)
+    text: tuple[np.ndarray, np.ndarray]  # mean POI sentence embedding (n, text_dim), has
+    poi_counts: np.ndarray | None = None  # (n, categories + 1); None for format-2 models
+    mobility: tuple[np.ndarray, np.ndarray] | None = None  # (n, 6) features, has
+
+    @property
+    def n(self) -> int:
+        return len(self.text[1])
+
+    def fusion_inputs(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The all-branch fusion's inputs and mask, in ``BRANCHES`` order."""
+        if self.poi_counts is None or self.mobility is None:
+            raise ValueError("the all-branch fusion needs POI counts and mobility features")
+        parts = [
+            *(self.visual[m] for m in VISUAL),
+            self.text,
+            (self.poi_counts, np.ones(self.n, dtype=bool)),  # 0 POIs is a count too
+            self.mobility,
+        ]
+        xs = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) for x, _ in parts]
+        return xs, torch.from_numpy(np.column_stack([has for _, has in parts]))
+
+    def subset(self, rows: np.ndarray) -> RegionInputs:
+        def pick(pair: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+            return pair[0][rows], pair[1][rows]
+
+        return RegionInputs(
+            {m: pick(v) for m, v in self.visual.items()},
+            pick(self.text),
+            None if self.poi_counts is None else self.poi_counts[rows],
+            None if self.mobility is None else pick(self.mobility),
+        )
+
+
+@dataclass
 class RegionEmbeddings:
-    """Per region (in ``CityData`` order): one vector per kind, what was imputed, attention."""
+    """Per region (in input order): one vector per kind, what was imputed, the attention
+    weights of the fused vector (columns ``branches``) and the mean POI text embedding."""
 
     vectors: dict[str, np.ndarray]
     imputed: dict[str, np.ndarray]
-    alpha: np.ndarray  # (n, len(VISUAL)), 0 where a modality is missing
-    text_mean: np.ndarray  # (n, text_dim) mean POI sentence embedding (zeros: no POIs)
+    alpha: np.ndarray  # (n, len(branches)), 0 where a branch is missing
+    branches: tuple[str, ...]
+    text_mean: np.ndarray
+
+    def attention(self) -> list[dict[str, Any] | None]:
+        return [
+            {m: round(float(a), 6) for m, a in zip(self.branches, row, strict=True)}
+            for row in self.alpha
+        ]
+
+    def only(self, keep: np.ndarray) -> RegionEmbeddings:
+        return RegionEmbeddings(
+            {k: v[keep] for k, v in self.vectors.items()},
+            {k: v[keep] for k, v in self.imputed.items()},
+            self.alpha[keep],
+            self.branches,
+            self.text_mean[keep],
+        )
 
 
 def visual_means(
@@ -282,16 +365,11 @@ def visual_means(
     out = {}
     for kind in VISUAL:
         pix = data.pixels(kind, image_size, show_progress)
-        emb = (
-            encode_images(net.encoders[kind], pix)
-            if len(pix)
-            else np.zeros((0, net.dim), np.float32)
-        )
-        out[kind] = (
-            region_means(emb, data.images[kind].region, data.n)
-            if len(pix)
-            else (np.zeros((data.n, net.dim), np.float32), np.zeros(data.n, bool))
-        )
+        if not len(pix):
+            out[kind] = (np.zeros((data.n, net.dim), np.float32), np.zeros(data.n, bool))
+            continue
+        emb = encode_images(net.encoders[kind], pix)
+        out[kind] = region_means(emb, data.images[kind].region, data.n)
     return out
 
 
@@ -312,36 +390,67 @@ def poi_text_means(
     return region_means(sent, data.poi_region, data.n)
 
 
+def count_inputs(
+    data: CityData, net: MuseclNet
+) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
+    """The POI-count and mobility features of every region (None for format-2 models)."""
+    if net.vocabulary is None:
+        return None, None
+    counts = poi_count_features(data.n, data.poi_region, data.poi_category, net.vocabulary)
+    return counts, mobility_features(data.inflow, data.outflow, data.od)
+
+
+def region_inputs(
+    session: Session,
+    data: CityData,
+    net: MuseclNet,
+    encoder: TextEncoder,
+    config: dict[str, Any],
+    show_progress: bool | None = None,
+    pending: list[TextEmbedding] | None = None,
+) -> RegionInputs:
+    """Every branch's input for every region of ``data``: images encoded, texts from the
+    cache (or encoded), counts and mobility features."""
+    text = poi_text_means(
+        session, data, encoder, int(config.get("text_batch_size", 64)), show_progress, pending
+    )
+    visual = visual_means(data, net, int(config["image_size"]), show_progress)
+    counts, mobility = count_inputs(data, net)
+    return RegionInputs(visual, text, counts, mobility)
+
+
 @torch.no_grad()
 def embed_regions(
-    visual: dict[str, tuple[np.ndarray, np.ndarray]],
-    text: tuple[np.ndarray, np.ndarray],
-    net: MuseclNet,
-    *,
-    learn_imputation: bool = False,
+    inputs: RegionInputs, net: MuseclNet, *, learn_imputation: bool = False
 ) -> RegionEmbeddings:
     """Modality embeddings, fused embedding and attention for every region.
 
     A region lacking a modality gets the model's imputation vector for it (the modality's
     mean over the training city, set once with ``learn_imputation`` when training), flagged
     as imputed: every region's vectors depend on that region alone, so re-embedding a few
-    regions gives what embedding them all would. The fused vector uses only the visual
-    modalities a region has (attention weight 0 otherwise); a region with no image at all
-    gets no fused vector (zeros, flagged as imputed).
+    regions gives what embedding them all would. The fused vector uses only the branches a
+    region has (attention weight 0 otherwise); a region with no image at all gets no fused
+    vector (zeros, flagged as imputed; callers leave such regions unembedded).
     """
     net.eval()
+    visual = inputs.visual
     mask = np.column_stack([visual[m][1] for m in VISUAL])
-    emb = np.stack([visual[m][0] for m in VISUAL], axis=1)
-    ok = mask.any(axis=1)  # regions without any image cannot be fused (callers drop them)
-    fused = np.zeros((len(mask), net.dim), dtype=np.float32)
-    alpha = np.zeros(mask.shape, dtype=np.float32)
-    if ok.any():
-        f, a = net.fusion(torch.from_numpy(emb[ok]), torch.from_numpy(mask[ok]))
-        fused[ok], alpha[ok] = f.numpy(), a.numpy()
-    text_mean, has_text = text
-    poi = net.fusion.text(torch.from_numpy(text_mean)).numpy()
+    ok = mask.any(axis=1)
+    if net.fusion is not None:
+        branches: tuple[str, ...] = BRANCHES
+        xs, fmask = inputs.fusion_inputs()
+        fused = np.zeros((inputs.n, net.dim), dtype=np.float32)
+        alpha = np.zeros((inputs.n, len(BRANCHES)), dtype=np.float32)
+        if ok.any():
+            keep = torch.from_numpy(ok)
+            f, a = net.fusion([x[keep] for x in xs], fmask[keep])
+            fused[ok], alpha[ok] = f.numpy(), a.numpy()
+    else:
+        branches = VISUAL
+        fused, alpha = fuse_visual(net, {m: visual[m][0] for m in VISUAL}, mask)
+    text_mean, has_text = inputs.text
     vectors = {m: visual[m][0].copy() for m in VISUAL}
-    vectors["poi"] = poi
+    vectors["poi"] = net.fusion_visual.text(torch.from_numpy(text_mean)).numpy()
     imputed = {m: ~visual[m][1] for m in VISUAL}
     imputed["poi"] = ~has_text
     if learn_imputation:
@@ -350,27 +459,68 @@ def embed_regions(
         vec[imputed[kind]] = net.imputation(kind)
     vectors["fused"] = fused
     imputed["fused"] = np.logical_not(ok)
-    return RegionEmbeddings(vectors, imputed, alpha, text_mean)
+    return RegionEmbeddings(vectors, imputed, alpha, branches, text_mean)
+
+
+@torch.no_grad()
+def fuse_visual(
+    net: MuseclNet, vectors: dict[str, np.ndarray], mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's visual-only fusion of remote and street vectors (zeros where a region
+    has neither)."""
+    ok = mask.any(axis=1)
+    fused = np.zeros((len(mask), net.dim), dtype=np.float32)
+    alpha = np.zeros(mask.shape, dtype=np.float32)
+    if ok.any():
+        emb = np.stack([vectors[m] for m in VISUAL], axis=1)[ok]
+        f, a = net.fusion_visual(torch.from_numpy(emb), torch.from_numpy(mask[ok]))
+        fused[ok], alpha[ok] = f.numpy(), a.numpy()
+    return fused, alpha
 
 
 def write_region_embeddings(
-    session: Session, data: CityData, model_version_id: int, result: RegionEmbeddings, revision: int
+    session: Session,
+    region_pks: Sequence[int],
+    model_version_id: int,
+    result: RegionEmbeddings,
+    revision: int,
+    kinds: dict[str, np.ndarray] | None = None,
 ) -> dict[str, int]:
-    """Write the four kinds of embeddings of every region; returns rows per kind."""
-    attention: list[dict[str, Any] | None] = [
-        {m: float(a) for m, a in zip(VISUAL, row, strict=True)} for row in result.alpha
-    ]
+    """Write (replacing what is there) the embeddings of the given regions, rows in
+    ``result`` order; the one writer of train, embed and reembed.
+
+    Args:
+        kinds: per kind, a bool mask of the rows to write (default: every row of every kind).
+
+    Returns:
+        rows written per kind.
+    """
+    attention = result.attention()
+    pks = np.asarray(region_pks, dtype=np.int64)
     counts = {}
     for kind, vec in result.vectors.items():
+        rows = np.flatnonzero(kinds[kind]) if kinds is not None else np.arange(len(pks))
+        if not len(rows):
+            counts[kind] = 0
+            continue
+        pk_list = pks[rows].tolist()
+        for i in range(0, len(pk_list), 5000):
+            session.execute(
+                delete(Embedding).where(
+                    Embedding.model_version_id == model_version_id,
+                    Embedding.kind == kind,
+                    Embedding.region_pk.in_(pk_list[i : i + 5000]),
+                )
+            )
         counts[kind] = put_embeddings(
             session,
             model_version_id,
             kind,
-            data.region_pks,
-            vec,
+            pk_list,
+            vec[rows],
             revision,
-            attention=attention if kind == "fused" else None,
-            imputed=result.imputed[kind].tolist(),
+            attention=[attention[j] for j in rows] if kind == "fused" else None,
+            imputed=result.imputed[kind][rows].tolist() if kind != "fused" else None,
         )
     return counts
 
@@ -384,20 +534,16 @@ def embed_city(
 
     Regions without any image get no embeddings (they are counted in the result).
     """
-    from musecl_store.tables import Embedding, ModelVersion, Revision
-
     mv = session.get(ModelVersion, model_version_id)
     if mv is None:
         raise LookupError(f"model version {model_version_id} does not exist")
     net, config = MuseclNet.load(mv.checkpoint_path)
-    data = load_city_data(session, city, mobility=False)
+    data = load_city_data(session, city, mobility=net.fusion is not None)
     encoder = TextEncoder(config.get("text_model", "all-MiniLM-L6-v2"))
     pending: list[TextEmbedding] = []
-    text = poi_text_means(
-        session, data, encoder, int(config.get("text_batch_size", 64)), show_progress, pending
+    result = embed_regions(
+        region_inputs(session, data, net, encoder, config, show_progress, pending), net
     )
-    visual = visual_means(data, net, int(config["image_size"]), show_progress)
-    result = embed_regions(visual, text, net)
     keep = ~result.imputed["fused"]
     session.add_all(pending)
     rev = Revision(
@@ -405,21 +551,20 @@ def embed_city(
     )
     session.add(rev)
     session.flush()
-    for i in range(0, len(data.region_pks), 5000):
+    for i in range(0, len(data.region_pks), 5000):  # regions that lost their images too
         session.execute(
             delete(Embedding).where(
                 Embedding.model_version_id == model_version_id,
                 Embedding.region_pk.in_(data.region_pks[i : i + 5000]),
             )
         )
-    sub = data.only_regions(keep)
-    kept = RegionEmbeddings(
-        {k: v[keep] for k, v in result.vectors.items()},
-        {k: v[keep] for k, v in result.imputed.items()},
-        result.alpha[keep],
-        result.text_mean[keep],
+    counts = write_region_embeddings(
+        session,
+        [pk for pk, k in zip(data.region_pks, keep, strict=True) if k],
+        model_version_id,
+        result.only(keep),
+        rev.id,
     )
-    counts = write_region_embeddings(session, sub, model_version_id, kept, rev.id)
     rev.summary = {
         "model_version": model_version_id,
         "embeddings": counts,
@@ -433,3 +578,32 @@ def embed_city(
         "embeddings": counts,
         "without_images": int((~keep).sum()),
     }
+
+
+def visual_fusion_vectors(
+    session: Session, model_version_id: int, city_id: int
+) -> tuple[list[str], np.ndarray]:
+    """The paper's visual-only fusion (``fused_visual``) of a model version's stored remote
+    and street vectors, for the ablation row of the evaluation table (not stored).
+
+    Returns:
+        (region ids, matrix), in the order of ``load_embeddings``; empty when the model
+        version has no stored vectors for the city.
+    """
+    mv = session.get(ModelVersion, model_version_id)
+    if mv is None:
+        raise LookupError(f"model version {model_version_id} does not exist")
+    net, _ = MuseclNet.load(mv.checkpoint_path)
+    ids: list[str] = []
+    vecs: dict[str, np.ndarray] = {}
+    masks = []
+    for kind in VISUAL:
+        ids_k, mat, imputed = load_embeddings_flags(session, model_version_id, kind, city_id)
+        if ids and ids_k != ids:
+            raise ValueError(f"model version {model_version_id} has ragged {kind} embeddings")
+        ids, vecs[kind] = ids_k, mat
+        masks.append(~imputed)
+    if not ids:
+        return [], np.zeros((0, 0), dtype=np.float32)
+    fused, _ = fuse_visual(net, vecs, np.column_stack(masks))
+    return ids, fused

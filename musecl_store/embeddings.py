@@ -118,10 +118,23 @@ def load_embeddings(
     Returns:
         (region ids, float32 matrix of shape (n, dim)).
     """
+    ids, mat, _ = load_embeddings_flags(session, model_version_id, kind, city_id)
+    return ids, mat
+
+
+def load_embeddings_flags(
+    session: Session, model_version_id: int, kind: str = "fused", city_id: int | None = None
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Like :func:`load_embeddings`, with the ``imputed`` flag of each row (bool array)."""
     _check_kind(kind)
     name = dialect.name(session)
     stmt = (
-        select(Region.region_id, Embedding.dim, dialect.vector_wire(Embedding.vector, name))
+        select(
+            Region.region_id,
+            Embedding.dim,
+            Embedding.imputed,
+            dialect.vector_wire(Embedding.vector, name),
+        )
         .join(Region, Region.id == Embedding.region_pk)
         .where(Embedding.model_version_id == model_version_id, Embedding.kind == kind)
         .order_by(Region.region_id)
@@ -130,11 +143,15 @@ def load_embeddings(
         stmt = stmt.where(Region.city_id == city_id)
     rows = session.execute(stmt).all()
     if not rows:
-        return [], np.zeros((0, 0), dtype=np.float32)
-    ids, dims, blobs = zip(*rows, strict=True)
+        return [], np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=bool)
+    ids, dims, imputed, blobs = zip(*rows, strict=True)
     if len(set(dims)) > 1:
         raise ValueError(
             f"model version {model_version_id} has {kind} vectors of several "
             f"dimensions: {sorted(set(dims))}"
         )
-    return list(ids), dialect.decode_vectors(list(blobs), dims[0], name)
+    return (
+        list(ids),
+        dialect.decode_vectors(list(blobs), dims[0], name),
+        np.array(imputed, dtype=bool),
+    )

@@ -2,15 +2,18 @@
 with the frozen model, in one transaction under a new revision.
 
 Which regions: by default every region whose change log has a change to an embedded
-modality (remote, street, poi) after its embeddings were written, and every region without
-embeddings; or the given region ids; or the changes since a revision; or all (``--all``,
-the full re-embed the incremental one must equal). Which kinds: a region's remote or street
-vector is recomputed when that modality changed, its poi vector when its POIs changed, and
-its fused vector (and attention) whenever remote or street did. Unchanged vectors and
+modality (remote, street, poi, mobility) after the vectors that read it were written, and
+every region without embeddings; or the given region ids; or the changes since a revision;
+or all (``--all``, the full re-embed the incremental one must equal). Which kinds: a
+region's remote or street vector is recomputed when that modality changed, its poi vector
+when its POIs changed, and its fused vector (and attention) when any of the four did (only
+remote or street for a format-2 model, whose fused vector is visual). Unchanged vectors and
 unchanged regions are not touched (their revision stays).
 
-Every vector depends on its region alone (imputation uses the model's stored means), so the
-result equals a full re-embed with the same model for those regions.
+Every vector depends on its region alone (imputation uses the model's stored means; POI
+counts and mobility features read the region's own POIs and trips), so the result equals a
+full re-embed with the same model for those regions. Images of an unchanged modality are
+not read again: their stored vector is what a full re-embed computes.
 """
 
 from __future__ import annotations
@@ -22,19 +25,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from musecl_store.embed import (
     CityData,
     ImageSet,
+    RegionInputs,
+    count_inputs,
+    embed_regions,
     encode_images,
     load_city_data,
+    poi_text_means,
     region_means,
-    text_embeddings,
+    write_region_embeddings,
 )
-from musecl_store.embeddings import put_embeddings
 from musecl_store.errors import MuseclError
 from musecl_store.nn.fusion import VISUAL
 from musecl_store.nn.model import MuseclNet
@@ -42,7 +47,9 @@ from musecl_store.nn.text import TextEncoder
 from musecl_store.search import active_model_version
 from musecl_store.tables import Embedding, ModelVersion, Region, RegionChange, Revision
 
-EMBEDDED = ("remote", "street", "poi")
+EMBEDDED = ("remote", "street", "poi", "mobility")
+"""The modalities whose change means re-embedding a region."""
+KINDS = ("remote", "street", "poi", "fused")
 FAULT_ENV = "MUSECL_FAULT"
 """Fault injection for crash tests: MUSECL_FAULT=<step> SIGKILLs the process at that step;
 MUSECL_PAUSE=<step>:<marker file>:<seconds> creates the marker and sleeps there (readers are
@@ -85,6 +92,11 @@ class ReembedResult:
         }
 
 
+# What each embedded modality's change recomputes is decided against the revision of the
+# vector that reads it: its own kind, and for mobility (read by the fused vector only) fused.
+REVISION_KIND = {"remote": "remote", "street": "street", "poi": "poi", "mobility": "fused"}
+
+
 def plan(
     session: Session,
     data: CityData,
@@ -93,10 +105,11 @@ def plan(
     region_ids: list[str] | None = None,
     since: int | None = None,
     all_regions: bool = False,
+    modalities: tuple[str, ...] = EMBEDDED,
 ) -> dict[int, set[str]]:
     """Region index (in ``data``) -> the embedded modalities to recompute."""
     index = {pk: i for i, pk in enumerate(data.region_pks)}
-    everything = set(EMBEDDED)
+    everything = set(modalities)
     if all_regions:
         return {i: set(everything) for i in range(data.n)}
     if region_ids is not None:
@@ -133,19 +146,35 @@ def plan(
         if pk is None or change == "removed":
             continue  # removed regions lost their embeddings with them
         wanted = everything if change == "added" else set(mods) & everything
-        if since is None:  # only what changed after that modality's vector was written
-            wanted = {m for m in wanted if stored.get((pk, m), -1) < rev}
+        if since is None:  # only what changed after the vector that reads it was written
+            wanted = {m for m in wanted if stored.get((pk, REVISION_KIND[m]), -1) < rev}
         if wanted:
             out.setdefault(index[pk], set()).update(wanted)
     return out
 
 
-def _subset_images(images: ImageSet, regions: set[int]) -> tuple[ImageSet, np.ndarray]:
-    keep = np.array([r in regions for r in images.region.tolist()], dtype=bool)
-    idx = np.flatnonzero(keep)
+def _subset_images(images: ImageSet, regions: set[int]) -> ImageSet:
+    idx = np.flatnonzero([r in regions for r in images.region.tolist()])
     return ImageSet(
         images.region[idx], [images.paths[i] for i in idx], [images.sha256[i] for i in idx]
-    ), idx
+    )
+
+
+def _stored(
+    session: Session, mv: int, kind: str, pks: list[int]
+) -> dict[int, tuple[np.ndarray, bool]]:
+    """The stored vector and imputed flag of these regions' embeddings of one kind."""
+    out: dict[int, tuple[np.ndarray, bool]] = {}
+    for i in range(0, len(pks), 5000):
+        for pk, vec, imputed in session.execute(
+            select(Embedding.region_pk, Embedding.vector, Embedding.imputed).where(
+                Embedding.model_version_id == mv,
+                Embedding.kind == kind,
+                Embedding.region_pk.in_(pks[i : i + 5000]),
+            )
+        ).all():
+            out[pk] = (np.asarray(vec, dtype=np.float32), bool(imputed))
+    return out
 
 
 def reembed(
@@ -167,156 +196,98 @@ def reembed(
     row = session.get(ModelVersion, mv)
     if row is None:
         raise ReembedError(f"model version {mv} does not exist")
+    net, config = MuseclNet.load(row.checkpoint_path)
+    all_branches = net.fusion is not None
+    # A format-2 model's vectors do not read mobility: its changes change nothing.
+    modalities = EMBEDDED if all_branches else tuple(m for m in EMBEDDED if m != "mobility")
     listing = load_city_data(session, city, only=[], mobility=False)  # the regions alone
-    todo = plan(session, listing, mv, region_ids=region_ids, since=since, all_regions=all_regions)
+    todo = plan(
+        session,
+        listing,
+        mv,
+        region_ids=region_ids,
+        since=since,
+        all_regions=all_regions,
+        modalities=modalities,
+    )
     fault_point("planned")
     if not todo:
-        return ReembedResult(city, mv, None, [], {k: 0 for k in (*EMBEDDED, "fused")})
-    # images and POIs of the regions to re-embed only: the cost follows the change, not the city
+        return ReembedResult(city, mv, None, [], {k: 0 for k in KINDS})
+    regions = sorted(todo)
+    # images, POIs and trips of the regions to re-embed only: the cost follows the change
     data = load_city_data(
         session,
         city,
-        mobility=False,
-        only=None if all_regions else [listing.region_pks[r] for r in todo],
+        mobility=all_branches,
+        only=None if all_regions else [listing.region_pks[r] for r in regions],
     )
-    net, config = MuseclNet.load(row.checkpoint_path)
-    size = int(config["image_size"])
-    regions = sorted(todo)
-    pos = {r: j for j, r in enumerate(regions)}
+    rows = np.array(regions, dtype=np.int64)
     pks = [data.region_pks[r] for r in regions]
-    old: dict[str, dict[int, np.ndarray]] = {
-        kind: dict(
-            session.execute(
-                select(Embedding.region_pk, Embedding.vector).where(
-                    Embedding.model_version_id == mv,
-                    Embedding.kind == kind,
-                    Embedding.region_pk.in_(pks),
-                )
-            ).all()
-        )
-        for kind in (*EMBEDDED, "fused")
-    }
+    old = {kind: _stored(session, mv, kind, pks) for kind in KINDS}
+    changed = {m: np.array([m in todo[r] for r in regions], dtype=bool) for m in modalities}
 
-    vectors: dict[str, np.ndarray] = {}
-    present: dict[str, np.ndarray] = {}
+    visual: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    size = int(config["image_size"])
     for kind in VISUAL:
-        sub, _ = _subset_images(data.images[kind], set(regions))
-        has = np.zeros(len(regions), dtype=bool)
+        has = np.bincount(data.images[kind].region, minlength=data.n)[rows] > 0
         vec = np.zeros((len(regions), net.dim), dtype=np.float32)
+        encode = {r for r, c in zip(regions, changed[kind], strict=True) if c}
+        sub = _subset_images(data.images[kind], encode)
         if sub.paths:
             local = data.with_images(kind, sub)
             emb = encode_images(net.encoders[kind], local.pixels(kind, size, show_progress))
+            pos = {r: j for j, r in enumerate(regions)}
             means, got = region_means(
                 emb, np.array([pos[r] for r in sub.region.tolist()]), len(regions)
             )
-            vec[got], has = means[got], got
-        for j, r in enumerate(regions):  # an unchanged modality keeps its stored vector
-            if kind not in todo[r] and has[j] and data.region_pks[r] in old[kind]:
-                vec[j] = old[kind][data.region_pks[r]]
-        vec[~has] = net.imputation(kind)
-        vectors[kind], present[kind] = vec, has
+            vec[got] = means[got]
+        for j, pk in enumerate(pks):  # an unchanged modality keeps its stored vector
+            if not changed[kind][j] and has[j] and pk in old[kind] and not old[kind][pk][1]:
+                vec[j] = old[kind][pk][0]
+        visual[kind] = (vec, has)
     fault_point("images_encoded")
-    want = {r for r in regions if "poi" in todo[r]}
-    has_poi = np.bincount(data.poi_region, minlength=data.n)[regions] > 0
-    poi_vec = np.zeros((len(regions), net.dim), dtype=np.float32)
     pending: list[Any] = []
-    if want:
-        encoder = TextEncoder(config.get("text_model", "all-MiniLM-L6-v2"))
-        pick = [k for k, r in enumerate(data.poi_region.tolist()) if r in want]
-        sent = text_embeddings(
-            session,
-            encoder,
-            [data.poi_sentence[k] for k in pick],
-            [data.poi_hash[k] for k in pick],
-            int(config.get("text_batch_size", 64)),
-            show_progress,
-            pending,
-        )
-        if pick:
-            means, _ = region_means(
-                sent, np.array([pos[int(data.poi_region[k])] for k in pick]), len(regions)
-            )
-            with torch.no_grad():
-                projected = net.fusion.text(torch.from_numpy(means)).numpy()
-    for j, r in enumerate(regions):
-        pk = data.region_pks[r]
-        if r in want:
-            poi_vec[j] = projected[j] if has_poi[j] else net.imputation("poi")
-        elif pk in old["poi"]:
-            poi_vec[j] = old["poi"][pk]
-    vectors["poi"], present["poi"] = poi_vec, has_poi
+    encoder = TextEncoder(config.get("text_model", "all-MiniLM-L6-v2"))
+    text = poi_text_means(
+        session,
+        data,
+        encoder,
+        int(config.get("text_batch_size", 64)),
+        show_progress,
+        pending,
+    )  # from the store's cache: only new POI texts are encoded
+    counts, mobility = count_inputs(data, net)
+    inputs = RegionInputs(
+        visual,
+        (text[0][rows], text[1][rows]),
+        None if counts is None else counts[rows],
+        None if mobility is None else (mobility[0][rows], mobility[1][rows]),
+    )
+    result = embed_regions(inputs, net)
     fault_point("texts_encoded")
 
-    mask = np.column_stack([present[m] for m in VISUAL])
-    ok: np.ndarray = np.asarray(mask.any(axis=1))
-    fused = np.zeros((len(regions), net.dim), dtype=np.float32)
-    alpha = np.zeros(mask.shape, dtype=np.float32)
-    with torch.no_grad():
-        if ok.any():
-            emb = np.stack([vectors[m] for m in VISUAL], axis=1)
-            f, a = net.fusion(torch.from_numpy(emb[ok]), torch.from_numpy(mask[ok]))
-            fused[ok], alpha[ok] = f.numpy(), a.numpy()
-
+    ok = ~result.imputed["fused"]  # no image at all: nothing is fused; left unembedded
+    stale_fused = np.array([pk not in old["fused"] for pk in pks], dtype=bool)
+    fused_reads = list(modalities) if all_branches else list(VISUAL)
+    write = {
+        "remote": changed["remote"] & ok,
+        "street": changed["street"] & ok,
+        "poi": changed["poi"] & ok,
+        "fused": (np.any([changed[m] for m in fused_reads], axis=0) | stale_fused) & ok,
+    }
     rev = Revision(operation="reembed", city_id=data.city.id, summary={"model_version": mv})
     session.add(rev)
     session.add_all(pending)
     session.flush()
-    recomputed = {k: 0 for k in (*EMBEDDED, "fused")}
-    new_rows: dict[str, list[int]] = {k: [] for k in recomputed}
-    for j, r in enumerate(regions):
-        pk = data.region_pks[r]
-        kinds = [k for k in EMBEDDED if k in todo[r]]
-        if not ok[j]:
-            continue  # no image at all: nothing can be fused; leave the region unembedded
-        if set(todo[r]) & set(VISUAL) or pk not in old["fused"]:
-            kinds.append("fused")
-        for kind in kinds:
-            vec = fused[j] if kind == "fused" else vectors[kind][j]
-            values: dict[str, Any] = {
-                "vector": vec,
-                "revision": rev.id,
-                "dim": net.dim,
-                "imputed": False if kind == "fused" else not bool(present[kind][j]),
-            }
-            if kind == "fused":
-                values["attention"] = {m: float(x) for m, x in zip(VISUAL, alpha[j], strict=True)}
-            if pk in old[kind]:
-                session.execute(
-                    update(Embedding)
-                    .where(
-                        Embedding.model_version_id == mv,
-                        Embedding.kind == kind,
-                        Embedding.region_pk == pk,
-                    )
-                    .values(**values)
-                )
-            else:
-                new_rows[kind].append(j)
-            recomputed[kind] += 1
-    for kind, rows in new_rows.items():
-        if rows:
-            put_embeddings(
-                session,
-                mv,
-                kind,
-                [data.region_pks[regions[j]] for j in rows],
-                fused[rows] if kind == "fused" else vectors[kind][rows],
-                rev.id,
-                attention=[
-                    {m: float(x) for m, x in zip(VISUAL, alpha[j], strict=True)} for j in rows
-                ]
-                if kind == "fused"
-                else None,
-                imputed=None if kind == "fused" else [not bool(present[kind][j]) for j in rows],
-            )
+    recomputed = write_region_embeddings(session, pks, mv, result, rev.id, kinds=write)
     rev.summary = {"model_version": mv, "regions": len(regions), "recomputed": recomputed}
     session.flush()
     fault_point("written")
     ids = [data.region_ids[r] for r in regions]
     old_fused = {
-        data.region_ids[r]: old["fused"][data.region_pks[r]]
-        for r in regions
-        if data.region_pks[r] in old["fused"]
+        data.region_ids[r]: old["fused"][pk][0]
+        for r, pk in zip(regions, pks, strict=True)
+        if pk in old["fused"]
     }
     return ReembedResult(city, mv, rev.id, ids, recomputed, old_fused)
 

@@ -213,12 +213,11 @@ def trained(backend: Backend, demo_bundle: Path, tmp_path_factory: pytest.TempPa
     with transaction(engine) as s:
         ingest_bundle(s, demo_bundle)
     ckpt = tmp_path_factory.mktemp("ckpt")
-    with transaction(engine) as s:
-        train_city(
-            s,
-            "demo-3",
-            TrainConfig.from_dict({**FAST_TRAINING, "checkpoint_dir": str(ckpt)}),
-            log=lambda m: None,
-        )
+    train_city(
+        engine,
+        "demo-3",
+        TrainConfig.from_dict({**FAST_TRAINING, "checkpoint_dir": str(ckpt)}),
+        log=lambda m: None,
+    )
     engine.dispose()
     return url

@@ -24,15 +24,12 @@ def test_versions_side_by_side(backend, trained: str, tmp_path: Path) -> None:  
     from training.trainer import train_city
 
     engine = create_engine(backend.clone(trained))
-    with transaction(engine) as s:
-        train_city(
-            s,
-            "demo-3",
-            TrainConfig.from_dict(
-                {**FAST_TRAINING, "seed": 1, "checkpoint_dir": str(tmp_path / "ck")}
-            ),
-            log=lambda m: None,
-        )
+    train_city(
+        engine,
+        "demo-3",
+        TrainConfig.from_dict({**FAST_TRAINING, "seed": 1, "checkpoint_dir": str(tmp_path / "ck")}),
+        log=lambda m: None,
+    )
     with transaction(engine) as s:
         rows = list_models(s, "demo-3")
         assert [(r["model_version"], r["active"]) for r in rows] == [(1, False), (2, True)]

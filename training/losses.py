@@ -21,3 +21,22 @@ def info_nce(image: Tensor, text: Tensor, temperature: float) -> Tensor:
     logits = F.normalize(image, dim=1) @ F.normalize(text, dim=1).T / temperature
     target = torch.arange(image.shape[0], device=image.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def pair_info_nce(
+    anchor: Tensor, positive: Tensor, temperature: float, same: Tensor | None = None
+) -> Tensor:
+    """In-batch InfoNCE over (anchor, positive) pairs of L2-normalised embeddings.
+
+    Anchor b's positive is row b of ``positive``; every other row is a negative, except where
+    ``same[b, c]`` is True (c's positive is a known positive of b, or the same region): those
+    would be false negatives and are left out of the softmax. Symmetric.
+    """
+    a = F.normalize(anchor, dim=1)
+    p = F.normalize(positive, dim=1)
+    logits = a @ p.T / temperature
+    if same is not None:
+        eye = torch.eye(len(a), dtype=torch.bool, device=a.device)
+        logits = logits.masked_fill(same & ~eye, float("-inf"))
+    target = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))

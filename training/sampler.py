@@ -1,8 +1,11 @@
-"""Contrastive triplets for one visual modality.
+"""Contrastive samples for one visual modality.
 
 A triplet is (an image of anchor region i, an image of a region j among i's top-k most
-similar regions, j != i, an image of a region outside i's top-k and not i). Regions without
-images of the modality are never drawn; an anchor with no usable neighbour is skipped.
+similar regions, j != i, an image of a region outside i's top-k and not i). A pair is
+(an image of i, a positive image): with probability ``same_region`` another image of i
+itself when i has several (two views of one place), else an image of a region among i's
+top-k. Regions without images of the modality are never drawn; an anchor with no usable
+positive is skipped.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import numpy as np
 
 
 class TripletSampler:
-    """Draws triplets of image indices.
+    """Draws triplets or pairs of image indices.
 
     Args:
         neighbours: (n_regions, k) top-k neighbour indices, -1 for none.
@@ -50,6 +53,36 @@ class TripletSampler:
                     break
             out[t] = [self._image(i, rng), self._image(j, rng), self._image(neg, rng)]
         return out
+
+    def sample_pairs(
+        self, anchors: np.ndarray, rng: np.random.Generator, same_region: float = 0.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One (anchor image, positive image) pair per anchor region.
+
+        Returns:
+            (pairs (n, 2) image indices, regions (n, 2): the anchor and positive regions).
+        """
+        pairs = np.empty((len(anchors), 2), dtype=np.int64)
+        regions = np.empty((len(anchors), 2), dtype=np.int64)
+        for t, i in enumerate(anchors):
+            own = self.images_of[i]
+            if len(own) > 1 and rng.random() < same_region:
+                a, b = rng.choice(len(own), size=2, replace=False)
+                pairs[t] = [own[a], own[b]]
+                regions[t] = [i, i]
+                continue
+            j = self.positives[i][int(rng.integers(len(self.positives[i])))]
+            pairs[t] = [self._image(i, rng), self._image(j, rng)]
+            regions[t] = [i, j]
+        return pairs, regions
+
+    def related(self, regions: np.ndarray) -> np.ndarray:
+        """(n, n) bool: row b's anchor region has column c's positive region among its top-k
+        or is that region (not to be used as a negative for b)."""
+        anchors, pos = regions[:, 0], regions[:, 1]
+        top = self.neighbours[anchors]  # (n, k)
+        hit = (top[:, :, None] == pos[None, None, :]).any(axis=1)
+        return hit | (anchors[:, None] == pos[None, :]) | (anchors[:, None] == anchors[None, :])
 
     def _image(self, region: int, rng: np.random.Generator) -> int:
         imgs = self.images_of[region]

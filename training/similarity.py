@@ -97,3 +97,103 @@ def mobility_profiles(
     rows = sparse.diags(inv_out) @ od
     cols = sparse.diags(inv_in) @ od.T
     return sparse.hstack([flows, rows, cols], format="csr")
+
+
+def spatial_knn(lonlat: np.ndarray, k: int) -> np.ndarray:
+    """The k nearest regions of each region by centroid distance: (n, k) indices, -1 padded.
+
+    Lon/lat are mapped to a local equirectangular plane (km), accurate enough for neighbours
+    within a city; an H3 tiling's 6 nearest are its ring-1 cells.
+    """
+    from scipy.spatial import cKDTree
+
+    lonlat = np.asarray(lonlat, dtype=np.float64)
+    n = len(lonlat)
+    out = np.full((n, k), -1, dtype=np.int64)
+    k_eff = min(k, n - 1)
+    if k_eff <= 0:
+        return out
+    lat0 = np.radians(np.median(lonlat[:, 1]))
+    xy = np.column_stack([lonlat[:, 0] * 111.32 * np.cos(lat0), lonlat[:, 1] * 110.574])
+    _, idx = cKDTree(xy).query(xy, k=k_eff + 1)
+    idx = np.asarray(idx).reshape(n, k_eff + 1)
+    for i in range(n):  # drop the region itself (not always column 0 when centroids coincide)
+        row = [int(j) for j in idx[i] if j != i][:k_eff]
+        out[i, : len(row)] = row
+    return out
+
+
+def smooth(
+    values: np.ndarray | sparse.spmatrix, knn: np.ndarray, passes: int, self_weight: float = 0.5
+) -> sparse.csr_matrix:
+    """Average each region's row with its spatial neighbours' (``passes`` times); sparse in,
+    sparse out (a dense array is taken as it is).
+
+    Regions of a neighbourhood tend to be alike (Tobler's first law), while one region's POI
+    list or trip count is a small, noisy sample: smoothing trades a little spatial detail for
+    a profile that says much more about the region's kind.
+    """
+    v = sparse.csr_matrix(values, dtype=np.float64)
+    n = knn.shape[0]
+    valid = knn >= 0
+    cnt = valid.sum(axis=1)
+    rows = np.repeat(np.arange(n), valid.sum(axis=1))
+    weights = np.repeat((1 - self_weight) / np.maximum(cnt, 1), cnt)
+    op = sparse.csr_matrix((weights, (rows, knn[valid])), shape=(n, n))
+    op = op + sparse.diags(np.where(cnt > 0, self_weight, 1.0))
+    for _ in range(passes):
+        v = sparse.csr_matrix(op @ v)
+    return v
+
+
+def standardise(values: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Columns to mean 0 and standard deviation 1 (over ``rows`` where given)."""
+    v = np.asarray(values, dtype=np.float64)
+    ref = v if rows is None else v[rows]
+    sd = ref.std(axis=0)
+    return (v - ref.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+
+
+def profiles(
+    which: str,
+    *,
+    n: int,
+    poi_region: np.ndarray,
+    poi_category: list[str],
+    inflow: np.ndarray,
+    outflow: np.ndarray,
+    od: sparse.spmatrix,
+    use_od: bool = True,
+) -> sparse.csr_matrix:
+    """The profile whose cosine picks a region's positives (before smoothing).
+
+    ``poi``: standardised log1p POI counts per category and in total (what kind of place and
+    how much of it). ``mobility``: standardised mobility features (log volumes, in/out
+    share, destinations, origins, trips within), plus the paper's O/D profile (where trips
+    go, where they come from) when ``use_od``. A region without trips has zeros there.
+    ``profile``: the POI counts and the mobility features side by side.
+    """
+    from musecl_store.nn.features import mobility_features, poi_count_features
+
+    if which == "poi":
+        vocab = sorted(set(poi_category))
+        x = standardise(poi_count_features(n, poi_region, poi_category, vocab))
+        return sparse.csr_matrix(x)
+    if which in ("mobility", "profile"):
+        feats, has = mobility_features(inflow, outflow, od)
+        x = standardise(feats, has)
+        x[~has] = 0.0
+        if which == "profile":  # what kind of place, how much of it, how busy
+            vocab = sorted(set(poi_category))
+            poi = standardise(poi_count_features(n, poi_region, poi_category, vocab))
+            return sparse.csr_matrix(np.hstack([poi, x]))
+        if not use_od:
+            return sparse.csr_matrix(x)
+        # the O/D part is a distribution (sums to 2 over its columns): no standardising
+        return sparse.hstack(
+            [sparse.csr_matrix(x), mobility_profiles(inflow, outflow, od)[:, 2:]], format="csr"
+        )
+    raise ValueError(f"unknown similarity {which!r}; use one of {', '.join(SIMILARITIES)}")
+
+
+SIMILARITIES = ("poi", "mobility", "profile", "spatial")

@@ -2,30 +2,42 @@
 
 Stages run in order (``remote``, ``street``, ``fusion``); after every epoch the run's state
 is checkpointed under ``checkpoint_dir/<city>/<run id>/state.pt``, so an interrupted run
-resumes where it stopped. Each epoch draws its samples from a generator seeded by
-(seed, stage, epoch): a resumed run gives the same result as an uninterrupted one, and the
-same inputs and seed give the same embeddings on the CPU.
+resumes where it stopped and a finished one is reused. The run id hashes the config and the
+city's content (not its name or revision number), so any store holding the same data shares
+the run. Each epoch draws its samples from a generator seeded by (seed, stage, epoch): a
+resumed run gives the same result as an uninterrupted one, and the same inputs and seed give
+the same embeddings on the CPU.
+
+:func:`train_city` reads the city in one short read-only session, trains outside any
+transaction (other writers are never blocked), then writes the model version in one short
+transaction.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from sqlalchemy import update
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 import musecl_store
 from musecl_store.bundle import digest
+from musecl_store.db import session_factory, transaction
 from musecl_store.embed import (
     CityData,
+    RegionEmbeddings,
+    RegionInputs,
+    count_inputs,
     embed_regions,
     load_city_data,
     poi_text_means,
@@ -38,17 +50,63 @@ from musecl_store.nn.model import MuseclNet
 from musecl_store.nn.resnet import ImageEncoder, load_backbone
 from musecl_store.nn.text import TextEncoder
 from musecl_store.progress import progress
-from musecl_store.tables import ModelVersion, Revision, TextEmbedding
+from musecl_store.tables import City, ModelVersion, Region, Revision, TextEmbedding
 from training import similarity
 from training.config import TrainConfig
-from training.losses import info_nce, triplet_loss
+from training.losses import info_nce, pair_info_nce, triplet_loss
 from training.sampler import TripletSampler
 
-STAGES = (*VISUAL, "fusion")
+STAGES = (*VISUAL, "fusion", "fused")
+"""Image encoders, the paper's visual fusion (``fusion``), the all-branch fusion (``fused``)."""
+
+
+DEVICES = ("auto", "cpu", "cuda")
+# The per-modality content hashes that training reads (geometry and indicators are not
+# inputs: changing only them keeps the run).
+TRAINED_HASHES = (Region.hash_poi, Region.hash_remote, Region.hash_street, Region.hash_mobility)
 
 
 class TrainingError(MuseclError, ValueError):
     """The city cannot be trained on as it is (the message says why and what to do)."""
+
+
+class DeviceError(MuseclError, ValueError):
+    """The device asked for does not exist on this machine."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is cuda when torch sees a GPU, else cpu; ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise DeviceError(f"unknown device {name!r}; use one of {', '.join(DEVICES)}") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise DeviceError(f"unknown device {name!r}; use one of {', '.join(DEVICES)}")
+    if device.type == "cuda":
+        build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device {name!r} was asked for but torch {torch.__version__} ({build}) sees no "
+                "CUDA GPU; train with --device cpu (or auto), or install a CUDA build of torch "
+                "on a machine with an NVIDIA GPU"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"device {name!r} does not exist: torch sees {torch.cuda.device_count()} CUDA "
+                "GPU(s), numbered from 0"
+            )
+    return device
+
+
+@dataclass
+class Fitted:
+    """What a run produced before anything is written: embeddings and the weights file."""
+
+    result: RegionEmbeddings
+    checkpoint: Path
+    seconds: float
 
 
 @dataclass
@@ -107,8 +165,79 @@ def check_city(data: CityData, config: TrainConfig) -> np.ndarray:
     return has_image
 
 
+def city_content(session: Session, data: CityData) -> str | None:
+    """One digest of the city's training inputs: per region, in ``data``'s order, its id and
+    the content hashes of its POIs, images and mobility. Same data, same digest, in any store.
+    ``None`` when the store's regions of the city are no longer those of ``data``.
+    """
+    rows = {
+        r[0]: tuple(r[1:])
+        for r in session.execute(
+            select(Region.id, Region.region_id, *TRAINED_HASHES).where(
+                Region.city_id == data.city.id
+            )
+        ).all()
+    }
+    if set(rows) != set(data.region_pks):
+        return None
+    return digest(*(rows[pk] for pk in data.region_pks))
+
+
+def run_id(config: TrainConfig, content: str) -> str:
+    """The run's id: its settings, the city's content digest and the trainer's stages (a
+    trainer with other stages never resumes this one's checkpoints). Where checkpoints live
+    is left out: moving them keeps the run."""
+    settings = {k: v for k, v in config.to_dict().items() if k != "checkpoint_dir"}
+    return digest(json.dumps(settings, sort_keys=True), content, STAGES)[:12]
+
+
+def _on_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor copied to the CPU (state dicts keep their type and metadata)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        out = type(obj)((k, _on_cpu(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # module versions, read by load_state_dict
+            out._metadata = obj._metadata  # type: ignore[attr-defined]
+        return out
+    if isinstance(obj, list | tuple):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
+
+
+def positives(which: str, data: CityData, config: TrainConfig) -> np.ndarray:
+    """Each region's contrastive positives: (n, k) region indices, -1 padded.
+
+    ``spatial``: the ``spatial_neighbours`` nearest regions. ``poi`` / ``mobility`` /
+    ``profile`` (both): the ``top_k`` most cosine-similar profiles (see
+    :func:`training.similarity.profiles`) after ``similarity_smoothing`` rounds of averaging
+    with spatial neighbours.
+    """
+    knn = similarity.spatial_knn(data.lonlat, config.spatial_neighbours)
+    if which == "spatial":
+        return knn
+    prof = similarity.profiles(
+        which,
+        n=data.n,
+        poi_region=data.poi_region,
+        poi_category=data.poi_category,
+        inflow=data.inflow,
+        outflow=data.outflow,
+        od=data.od,
+        use_od=config.mobility_od,
+    )
+    idx, _ = similarity.cosine_topk(
+        similarity.smooth(prof, knn, config.similarity_smoothing), config.top_k
+    )
+    return idx
+
+
 class Checkpoint:
-    """The resumable state of a run: the stage, epoch, weights and optimiser."""
+    """The resumable state of a run: the stage, epoch, weights and optimiser.
+
+    Always saved from CPU tensors and loaded onto the CPU, so a run started on a GPU resumes
+    on a machine without one (and back).
+    """
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / "state.pt"
@@ -117,28 +246,42 @@ class Checkpoint:
         if not self.path.is_file():
             return None
         state: dict[str, Any] = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state.get("stage") not in (*STAGES, "done"):
+            raise TrainingError(
+                f"{self.path} is not a checkpoint of this trainer (stage "
+                f"{state.get('stage')!r}); delete it or train with --restart"
+            )
         return state
 
     def save(self, state: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
+        torch.save(_on_cpu(state), tmp)
         tmp.replace(self.path)
 
 
 def _augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
-    """Random 90-degree rotations for remote tiles, horizontal flips for street views."""
+    """Random 90-degree rotations for remote tiles, horizontal flips for street views.
+
+    The draws come from the CPU generator ``gen`` whatever ``x``'s device, so they do not
+    depend on it.
+    """
     if kind == "remote":
         k = torch.randint(0, 4, (x.shape[0],), generator=gen)
         return torch.stack(
             [torch.rot90(img, int(r), dims=(1, 2)) for img, r in zip(x, k, strict=True)]
         )
     flip = torch.rand(x.shape[0], generator=gen) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    return torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
 
 
 class Trainer:
-    """One training run for one city (see the module docstring)."""
+    """One training run for one city (see the module docstring).
+
+    The constructor reads everything the run needs through ``session`` (the caller may close
+    it right after); :meth:`fit` trains without touching the store; :meth:`write` stores the
+    result through another session.
+    """
 
     def __init__(
         self,
@@ -147,26 +290,38 @@ class Trainer:
         config: TrainConfig,
         *,
         resume: bool = True,
+        device: str = "cpu",
         show_progress: bool | None = None,
         log: Callable[[str], None] = print,
     ):
-        self.session, self.config, self.log, self.show = session, config, log, show_progress
+        self.t0 = time.perf_counter()
+        self.config, self.log, self.show = config, log, show_progress
+        self.device = resolve_device(device)
         self.data = load_city_data(session, city)
         self.has_image = check_city(self.data, config)
-        run_id = digest(json.dumps(config.to_dict(), sort_keys=True), self.data.city.revision)[:12]
-        self.run_dir = Path(config.checkpoint_dir) / self.data.city.name / run_id
+        content = city_content(session, self.data)
+        assert content is not None, "one read snapshot showed two sets of regions"
+        self.content = content
+        self.run_id = run_id(config, self.content)
+        self.run_dir = Path(config.checkpoint_dir) / self.data.city.name / self.run_id
         self.ckpt = Checkpoint(self.run_dir)
         self.state = self.ckpt.load() if resume else None
         self.text_encoder = TextEncoder(config.text_model)
         text_dim = self.text_encoder.dim
         torch.manual_seed(config.seed)
-        self.net = MuseclNet(config.dim, text_dim)
+        # Built on the CPU, so that the initial weights do not depend on the device.
+        self.net = MuseclNet(
+            config.dim, text_dim, vocabulary=sorted(set(self.data.poi_category)), stem=config.stem
+        )
         if self.state is not None:
             self.net.load_state_dict(self.state["net"])
-            self.log(
-                f"resuming {self.run_dir} at stage {self.state['stage']}, "
-                f"epoch {self.state['epoch'] + 1}"
-            )
+            if self.state["stage"] == "done":
+                self.log(f"reusing the finished run {self.run_dir} (--restart trains again)")
+            else:
+                self.log(
+                    f"resuming {self.run_dir} at stage {self.state['stage']}, "
+                    f"epoch {self.state['epoch'] + 1}"
+                )
         else:
             for m, path in config.pretrained.items():
                 if path:
@@ -181,31 +336,43 @@ class Trainer:
         n_val = round(config.val_fraction * self.data.n)
         self.val_regions = np.sort(order[:n_val])
         self.train_regions = np.sort(order[n_val:])
+        # New cache rows wait for write(): reading must not take a write lock.
         self.pending_text: list[TextEmbedding] = []
+        self.text = poi_text_means(
+            session,
+            self.data,
+            self.text_encoder,
+            config.text_batch_size,
+            show_progress,
+            self.pending_text,
+        )
+
+    # -------------------------------------------------------------------- device
+
+    def _dev(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch on the training device (the same tensor on the CPU)."""
+        return x.to(self.device)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast on CUDA; on the CPU nothing changes (float32, results as tested).
+        Losses are computed outside it, in float32."""
+        # GPUs older than Ampere have no bf16: they train in float32 rather than fail.
+        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     # -------------------------------------------------------------------- similarities
 
-    def neighbours(self, which: str) -> np.ndarray:
-        d, k = self.data, self.config.top_k
-        if which == "poi":
-            cats = sorted(set(d.poi_category))
-            code = {c: i for i, c in enumerate(cats)}
-            prof = similarity.poi_profiles(
-                d.n, d.poi_region, [code[c] for c in d.poi_category], len(cats)
-            )
-        else:
-            prof = similarity.mobility_profiles(d.inflow, d.outflow, d.od, self.config.mobility_od)
-        idx, _ = similarity.cosine_topk(prof, k)
-        return idx
+    def positives(self, which: str) -> np.ndarray:
+        return positives(which, self.data, self.config)
 
     # -------------------------------------------------------------------- stages
 
     def _done(self, stage: str) -> bool:
         if self.state is None:
             return False
-        return (
-            STAGES.index(stage) < STAGES.index(self.state["stage"]) or self.state["stage"] == "done"
-        )
+        current = self.state["stage"]  # "done" once every stage has finished
+        return current == "done" or STAGES.index(stage) < STAGES.index(current)
 
     def _start_epoch(self, stage: str) -> int:
         if self.state is not None and self.state["stage"] == stage:
@@ -247,7 +414,8 @@ class Trainer:
     def _finish_stage(self, stage: str, module: torch.nn.Module) -> None:
         if self.state and self.state.get("best_state") is not None:
             module.load_state_dict(self.state["best_state"])
-        nxt = STAGES[STAGES.index(stage) + 1] if stage != "fusion" else "done"
+        i = STAGES.index(stage)
+        nxt = STAGES[i + 1] if i + 1 < len(STAGES) else "done"
         self.state = {
             "stage": nxt,
             "epoch": -1,
@@ -270,7 +438,7 @@ class Trainer:
             self._finish_stage(kind, encoder)
             return
         pix = data.pixels(kind, cfg.image_size, self.show)
-        sampler = TripletSampler(self.neighbours(cfg.similarity[kind]), data.images_of(kind))
+        sampler = TripletSampler(self.positives(cfg.similarity[kind]), data.images_of(kind))
         train_anchors = sampler.anchors(self.train_regions)
         val_anchors = sampler.anchors(self.val_regions)
         if len(train_anchors) == 0:
@@ -280,8 +448,9 @@ class Trainer:
             )
             self._finish_stage(kind, encoder)
             return
-        # Several fixed triplets per validation anchor: a steadier signal for early stopping.
-        val_triplets = sampler.sample(
+        # Several fixed samples per validation anchor: a steadier signal for early stopping.
+        val_items, val_regions = self._samples(
+            sampler,
             np.repeat(val_anchors, cfg.val_triplets_per_anchor),
             np.random.default_rng([cfg.seed, 99, 0]),
         )
@@ -293,28 +462,32 @@ class Trainer:
             t0 = time.perf_counter()
             rng = np.random.default_rng([cfg.seed, s, epoch])
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + s * 1009 + epoch)
-            triplets = sampler.sample(rng.permutation(train_anchors), rng)
+            items, regions = self._samples(sampler, rng.permutation(train_anchors), rng)
             encoder.train()
             losses = []
-            batches = range(0, len(triplets), cfg.batch_size)
+            batches = range(0, len(items), cfg.batch_size)
             for b in progress(
                 batches,
                 desc=f"{kind} epoch {epoch + 1}/{cfg.epochs}",
                 enabled=self.show,
                 unit="batch",
             ):
-                tri = torch.from_numpy(triplets[b : b + cfg.batch_size])
-                x = _augment(pix[tri.reshape(-1)].float() / 255.0, kind, gen)
-                out = encoder(x).view(len(tri), 3, -1)
-                loss = triplet_loss(out[:, 0], out[:, 1], out[:, 2], cfg.margin)
+                chunk = torch.from_numpy(items[b : b + cfg.batch_size])
+                if len(chunk) < 2:
+                    continue  # in-batch negatives need a batch
+                x = _augment(self._dev(pix[chunk.reshape(-1)]).float() / 255.0, kind, gen)
+                with self._autocast():
+                    out = encoder(x)
+                out = out.float().view(len(chunk), chunk.shape[1], -1)
+                loss = self._sample_loss(out, sampler, regions[b : b + cfg.batch_size])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 losses.append(loss.item())
             train_loss = float(np.mean(losses))
             val_loss = (
-                self._val_triplet_loss(encoder, pix, val_triplets)
-                if len(val_triplets)
+                self._val_loss(encoder, pix, sampler, val_items, val_regions)
+                if len(val_items) >= 2
                 else train_loss
             )
             self.history[kind].append(
@@ -326,32 +499,60 @@ class Trainer:
                 }
             )
             self.log(
-                f"{kind} epoch {epoch + 1}: triplet loss train {train_loss:.4f}, val {val_loss:.4f}"
+                f"{kind} epoch {epoch + 1}: {cfg.image_loss} loss train {train_loss:.4f}, "
+                f"val {val_loss:.4f}"
             )
             if self._early_stop(kind, epoch, val_loss, encoder, opt, cfg.patience):
                 self.log(f"{kind}: no better validation loss for {cfg.patience} epochs; stopping")
                 break
         self._finish_stage(kind, encoder)
 
+    def _samples(
+        self, sampler: TripletSampler, anchors: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Image index rows for the configured loss: triplets, or (anchor, positive) pairs
+        with their regions (to keep known positives out of the in-batch negatives)."""
+        if self.config.image_loss == "triplet":
+            return sampler.sample(anchors, rng), np.zeros((len(anchors), 2), dtype=np.int64)
+        return sampler.sample_pairs(anchors, rng, self.config.same_region)
+
+    def _sample_loss(
+        self, out: torch.Tensor, sampler: TripletSampler, regions: np.ndarray
+    ) -> torch.Tensor:
+        cfg = self.config
+        if cfg.image_loss == "triplet":
+            return triplet_loss(out[:, 0], out[:, 1], out[:, 2], cfg.margin)
+        related = self._dev(torch.from_numpy(sampler.related(regions)))
+        return pair_info_nce(out[:, 0], out[:, 1], cfg.image_temperature, related)
+
     @torch.no_grad()
-    def _val_triplet_loss(
-        self, encoder: torch.nn.Module, pix: torch.Tensor, tri: np.ndarray
+    def _val_loss(
+        self,
+        encoder: torch.nn.Module,
+        pix: torch.Tensor,
+        sampler: TripletSampler,
+        items: np.ndarray,
+        regions: np.ndarray,
     ) -> float:
+        """The loss on fixed validation samples, in fixed batches (in-batch negatives)."""
         encoder.eval()
-        out = torch.cat(
-            [
-                encoder(pix[torch.from_numpy(tri[b : b + 128]).reshape(-1)].float() / 255.0)
-                for b in range(0, len(tri), 128)
-            ]
-        )
-        out = out.view(len(tri), 3, -1)
-        return float(triplet_loss(out[:, 0], out[:, 1], out[:, 2], self.config.margin))
+        size = self.config.batch_size
+        losses = []
+        for b in range(0, len(items), size):
+            chunk = torch.from_numpy(items[b : b + size])
+            if len(chunk) < 2:
+                continue
+            with self._autocast():
+                out = encoder(self._dev(pix[chunk.reshape(-1)]).float() / 255.0)
+            out = out.float().view(len(chunk), chunk.shape[1], -1)
+            losses.append(float(self._sample_loss(out, sampler, regions[b : b + size])))
+        return float(np.mean(losses))
 
     def train_fusion(
         self, visual: dict[str, tuple[np.ndarray, np.ndarray]], text: tuple[np.ndarray, np.ndarray]
     ) -> None:
         cfg = self.config
-        fusion = self.net.fusion
+        fusion = self.net.fusion_visual
         if self._done("fusion"):
             return
         mask = np.column_stack([visual[m][1] for m in VISUAL])
@@ -379,8 +580,10 @@ class Trainer:
                 which = torch.randint(0, m.shape[1], (len(idx),), generator=gen)
                 m = m.clone()
                 m[hide, which[hide]] = False
-            fused, _ = fusion(emb[idx], m)
-            return info_nce(fused, fusion.text(text_t[idx]), cfg.temperature)
+            with self._autocast():
+                fused, _ = fusion(self._dev(emb[idx]), self._dev(m))
+                text_d = fusion.text(self._dev(text_t[idx]))
+            return info_nce(fused.float(), text_d.float(), cfg.temperature)
 
         s = STAGES.index("fusion")
         for epoch in range(self._start_epoch("fusion"), cfg.fusion_epochs):
@@ -420,38 +623,132 @@ class Trainer:
 
     # -------------------------------------------------------------------- the whole run
 
-    def run(self) -> TrainResult:
-        t0 = time.perf_counter()
+    def train_fused(self, inputs: RegionInputs) -> None:
+        """The all-branch fusion: in-batch InfoNCE between a region's fused vector and that
+        of one of its positives (``fused_positive``), the other regions as negatives."""
         cfg = self.config
-        text = poi_text_means(
-            self.session,
-            self.data,
-            self.text_encoder,
-            cfg.text_batch_size,
-            self.show,
-            self.pending_text,
+        fusion = self.net.fusion
+        assert fusion is not None
+        if self._done("fused"):
+            return
+        xs_cpu, mask_cpu = inputs.fusion_inputs()
+        if self._start_epoch("fused") == 0:
+            fusion.set_normalisation(xs_cpu, mask_cpu)
+        xs = [self._dev(x) for x in xs_cpu]
+        mask = self._dev(mask_cpu)
+        nb = self.positives(cfg.fused_positive)
+        has = (nb >= 0).any(axis=1)
+        train = np.intersect1d(self.train_regions, np.flatnonzero(has))
+        val = np.intersect1d(self.val_regions, np.flatnonzero(has))
+        if len(train) < 2:
+            raise TrainingError("fewer than two regions have positives; cannot train the fusion")
+
+        def pick(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+            valid = nb[rows] >= 0
+            k = (rng.random(valid.shape) * valid).argmax(axis=1)  # a random valid column
+            return nb[rows, k]
+
+        def loss_on(a: np.ndarray, b: np.ndarray) -> torch.Tensor:
+            ia, ib = self._dev(torch.from_numpy(a)), self._dev(torch.from_numpy(b))
+            with self._autocast():
+                fa, _ = fusion([x[ia] for x in xs], mask[ia])
+                fb, _ = fusion([x[ib] for x in xs], mask[ib])
+            return info_nce(fa.float(), fb.float(), cfg.fused_temperature)
+
+        val_pos = pick(val, np.random.default_rng([cfg.seed, 98, 0]))
+        opt = torch.optim.Adam(
+            fusion.parameters(), lr=cfg.fused_lr, weight_decay=cfg.fused_weight_decay
         )
+        if self.state and self.state["stage"] == "fused" and self.state["opt"]:
+            opt.load_state_dict(self.state["opt"])
+        s = STAGES.index("fused")
+        bs = cfg.fused_batch_size
+        for epoch in range(self._start_epoch("fused"), cfg.fused_epochs):
+            rng = np.random.default_rng([cfg.seed, s, epoch])
+            perm = rng.permutation(train)
+            pos = pick(perm, rng)
+            fusion.train()
+            losses = []
+            for b in range(0, len(perm), bs):
+                if len(perm[b : b + bs]) < 2:
+                    continue
+                loss = loss_on(perm[b : b + bs], pos[b : b + bs])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            train_loss = float(np.mean(losses))
+            fusion.eval()
+            with torch.no_grad():
+                parts = [
+                    float(loss_on(val[b : b + bs], val_pos[b : b + bs]))
+                    for b in range(0, len(val), bs)
+                    if len(val[b : b + bs]) >= 2
+                ]
+            val_loss = float(np.mean(parts)) if parts else train_loss
+            self.history.setdefault("fused", []).append(
+                {"epoch": epoch + 1, "train": round(train_loss, 5), "val": round(val_loss, 5)}
+            )
+            if (epoch + 1) % 10 == 0:
+                self.log(
+                    f"fused epoch {epoch + 1}: InfoNCE train {train_loss:.4f}, val {val_loss:.4f}"
+                )
+            if self._early_stop("fused", epoch, val_loss, fusion, opt, cfg.fused_patience):
+                self.log(f"fused: stopped at epoch {epoch + 1}")
+                break
+        self._finish_stage("fused", fusion)
+
+    def fit(self) -> Fitted:
+        """Train (resume, or reuse a finished run) and embed every region; no database access."""
+        cfg = self.config
+        self.net.to(self.device)
         for kind in VISUAL:
             self.train_images(kind)
+        # embed.py runs the networks on the CPU tensors it builds: the write-back embeds the
+        # way re-embedding does.
+        self.net.cpu()
         visual = visual_means(self.data, self.net, cfg.image_size, self.show)
-        self.train_fusion(visual, text)
-        result = embed_regions(visual, text, self.net, learn_imputation=True)
+        counts, mobility = count_inputs(self.data, self.net)
+        inputs = RegionInputs(visual, self.text, counts, mobility)
+        self.net.to(self.device)
+        self.train_fusion(visual, self.text)
+        self.train_fused(inputs)
+        self.net.cpu()
+        result = embed_regions(inputs, self.net, learn_imputation=True)
         checkpoint = self.net.save(
             self.run_dir / "model.pt",
             {**cfg.to_dict(), "text_dim": self.text_encoder.dim, "city": self.data.city.name},
         )
-        return self._write(result, checkpoint, time.perf_counter() - t0)
+        return Fitted(result, checkpoint, time.perf_counter() - self.t0)
 
-    def _write(self, result: Any, checkpoint: Path, seconds: float) -> TrainResult:
-        s, data, cfg = self.session, self.data, self.config
-        s.add_all(self.pending_text)
+    def write(self, session: Session, fitted: Fitted) -> TrainResult:
+        """Store the run as a new, active model version with its embeddings; the caller
+        commits. Refuses when the city's training inputs changed since they were read."""
+        return self._write(session, fitted.result, fitted.checkpoint, fitted.seconds)
+
+    def _check_unchanged(self, s: Session) -> None:
+        """The regions written to must be the ones trained on, with the same content."""
+        name = self.data.city.name
+        # FOR UPDATE (PostgreSQL): an ingest, which bumps the city's revision, waits for us.
+        city = s.scalar(select(City).where(City.id == self.data.city.id).with_for_update())
+        if city is None:
+            raise TrainingError(f"city {name!r} was deleted while it trained; nothing was written")
+        if city_content(s, self.data) != self.content:
+            raise TrainingError(
+                f"city {name!r} was re-ingested with other data while it trained, so these "
+                "embeddings do not fit it; nothing was written. Train again: the new data "
+                "make a new run"
+            )
+
+    def _write(self, s: Session, result: Any, checkpoint: Path, seconds: float) -> TrainResult:
+        data, cfg = self.data, self.config
+        self._check_unchanged(s)
+        s.add_all(_not_cached(s, self.pending_text))
         keep = self.has_image
         if not keep.all():  # skip_regions_without_images: leave them out
             self.log(f"{int((~keep).sum())} region(s) without images are left unembedded")
             data = data.only_regions(keep)
-            result.vectors = {k: v[keep] for k, v in result.vectors.items()}
-            result.imputed = {k: v[keep] for k, v in result.imputed.items()}
-            result.alpha = result.alpha[keep]
+            result = result.only(keep)
         rev = Revision(operation="train", city_id=data.city.id)
         s.add(rev)
         s.flush()
@@ -460,7 +757,8 @@ class Trainer:
             "seconds": round(seconds, 1),
             "imputed": {k: int(v.sum()) for k, v in result.imputed.items()},
             "mean_attention": {
-                m: round(float(result.alpha[:, i].mean()), 4) for i, m in enumerate(VISUAL)
+                m: round(float(a.mean()), 4)
+                for m, a in zip(result.branches, result.alpha.T, strict=True)
             },
         }
         s.execute(
@@ -478,21 +776,67 @@ class Trainer:
         )
         s.add(mv)
         s.flush()
-        counts = write_region_embeddings(s, data, mv.id, result, rev.id)
+        counts = write_region_embeddings(s, data.region_pks, mv.id, result, rev.id)
         rev.summary = {"model_version": mv.id, "embeddings": counts}
         s.flush()
         return TrainResult(mv.id, rev.id, self.run_dir, checkpoint, self.history, counts, seconds)
 
 
+def _not_cached(s: Session, rows: list[TextEmbedding]) -> list[TextEmbedding]:
+    """The text-cache rows still missing: another run may have cached the same POI texts
+    while this one trained."""
+    have: set[tuple[str, str]] = set()
+    keys = sorted({r.content_hash for r in rows})
+    for i in range(0, len(keys), 5000):
+        have.update(
+            (encoder, key)
+            for encoder, key in s.execute(
+                select(TextEmbedding.encoder, TextEmbedding.content_hash).where(
+                    TextEmbedding.content_hash.in_(keys[i : i + 5000])
+                )
+            )
+        )
+    return [r for r in rows if (r.encoder, r.content_hash) not in have]
+
+
+@contextlib.contextmanager
+def _read_session(engine: Engine) -> Iterator[Session]:
+    """A session for reading only, closed (its transaction ended) when the block ends."""
+    with session_factory(engine)() as session:
+        if engine.dialect.name == "postgresql":
+            # One snapshot for all the reads, as SQLite's transactions give: an ingest that
+            # commits midway is either wholly seen or not at all.
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        yield session
+
+
 def train_city(
-    session: Session,
+    engine: Engine,
     city: str,
     config: TrainConfig,
     *,
     resume: bool = True,
+    device: str = "cpu",
     show_progress: bool | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Train MuseCL on a city in the store and write a new, active model version with the
-    embeddings of every region. The caller commits."""
-    return Trainer(session, city, config, resume=resume, show_progress=show_progress, log=log).run()
+    """Train MuseCL on a city in the store and commit a new, active model version with the
+    embeddings of every region.
+
+    The store is read in one short session and written in one short transaction; training in
+    between holds no connection. ``device`` is ``cpu`` (default: reproducible), ``cuda`` or
+    ``auto``; it does not change the run id, so a run may resume on another device.
+    """
+    with _read_session(engine) as session:
+        trainer = Trainer(
+            session,
+            city,
+            config,
+            resume=resume,
+            device=device,
+            show_progress=show_progress,
+            log=log,
+        )
+    fitted = trainer.fit()
+    with transaction(engine) as session:
+        return trainer.write(session, fitted)

@@ -1,16 +1,23 @@
-"""Attentive fusion of the visual modalities, aligned to the POI text (MuseCL).
+"""Attentive fusion of a region's modalities.
 
-For each available visual modality m of a region (remote tiles, street views) with embedding
-e_m (layer-normalised, so that no modality wins by scale alone, then a per-modality linear map
+``AttentiveFusion`` is the paper's module (MuseCL): it fuses the two visual embeddings
+(remote tiles, street views). For each available modality m with embedding e_m
+(layer-normalised, so that no modality wins by scale alone, then a per-modality linear map
 that starts as the identity):
 
     u_m     = tanh(W e_m + b)
     alpha_m = softmax over the region's *available* modalities of (u_m . u_w)
     e_image = sum_m alpha_m e_m
 
-A missing modality is masked out of the softmax (its weight is exactly 0), never fed as
-zeros. Training pulls e_image toward the region's projected text embedding with an in-batch
-InfoNCE loss (see ``training.losses``).
+Training pulls e_image toward the region's projected text embedding with an in-batch
+InfoNCE loss (see ``training.losses``). The store keeps it as the ``fused_visual`` ablation.
+
+``ModalityFusion`` is the product's ``fused`` vector: the same masked attention, over every
+branch a region can have (``BRANCHES``): the two visual embeddings, the POI text, the POI
+counts per category and in total, and the mobility volumes and flow pattern. Each branch
+has its own small encoder to d dims (layer norm, linear, GELU, linear). A missing branch is
+masked out of the softmax (its weight is exactly 0), never fed as zeros; the weights are
+stored per region and say which evidence a region's vector rests on.
 """
 
 from __future__ import annotations
@@ -19,6 +26,11 @@ import torch
 from torch import Tensor, nn
 
 VISUAL = ("remote", "street")
+BRANCHES = ("remote", "street", "poi_text", "poi_counts", "mobility")
+
+
+def _masked_attention(scores: Tensor, mask: Tensor) -> Tensor:
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1)
 
 
 class AttentiveFusion(nn.Module):
@@ -55,10 +67,78 @@ class AttentiveFusion(nn.Module):
         normed = nn.functional.layer_norm(emb, emb.shape[-1:])
         e = torch.stack([f(normed[:, i]) for i, f in enumerate(self.inputs)], dim=1)
         u = torch.tanh(self.attn(e))
-        scores = (u @ self.context).masked_fill(~mask, float("-inf"))
-        alpha = torch.softmax(scores, dim=1)
+        alpha = _masked_attention(u @ self.context, mask)
         return (alpha.unsqueeze(-1) * e).sum(1), alpha
 
     def text(self, text_emb: Tensor) -> Tensor:
         """Project a region's text embedding (mean of its POIs') to d dims."""
         return self.text_proj(text_emb)
+
+
+class _Branch(nn.Module):
+    """One branch's encoder: standardise (the training city's column means and standard
+    deviations, kept as buffers), linear, GELU, linear (input dims -> d). Per-column, not
+    per-row normalisation: a row's level (how many POIs, how many trips) is information."""
+
+    def __init__(self, d_in: int, dim: int):
+        super().__init__()
+        self.shift: Tensor
+        self.scale: Tensor
+        self.register_buffer("shift", torch.zeros(d_in))
+        self.register_buffer("scale", torch.ones(d_in))
+        self.net = nn.Sequential(nn.Linear(d_in, dim), nn.GELU(), nn.Linear(dim, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net((x - self.shift) / self.scale)
+
+    @torch.no_grad()
+    def set_normalisation(self, rows: Tensor) -> None:
+        if len(rows) > 1:
+            self.shift.copy_(rows.mean(0))
+            self.scale.copy_(rows.std(0).clamp(min=1e-6))
+
+
+class ModalityFusion(nn.Module):
+    """Masked attentive fusion over every branch in ``BRANCHES`` (see the module docstring).
+
+    Args:
+        dims: input size of each branch, in ``BRANCHES`` order.
+        dim: size of the fused vector.
+    """
+
+    def __init__(self, dims: tuple[int, ...], dim: int = 128):
+        super().__init__()
+        if len(dims) != len(BRANCHES):
+            raise ValueError(f"need one input size per branch ({len(BRANCHES)}), not {dims}")
+        self.dims = dims
+        self.branches = nn.ModuleList([_Branch(d_in, dim) for d_in in dims])
+        self.attn = nn.Linear(dim, dim)
+        self.context = nn.Parameter(torch.empty(dim))
+        nn.init.normal_(self.context, std=dim**-0.5)
+
+    def set_normalisation(self, inputs: list[Tensor], mask: Tensor) -> None:
+        """Standardise each branch with the rows (regions) that have it."""
+        for i, (branch, x) in enumerate(zip(self.branches, inputs, strict=True)):
+            assert isinstance(branch, _Branch)
+            branch.set_normalisation(x[mask[:, i]])
+
+    def forward(self, inputs: list[Tensor], mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Fuse.
+
+        Args:
+            inputs: one (B, dims[m]) tensor per branch (rows of missing branches ignored).
+            mask: (B, len(BRANCHES)) bool, True where the region has that branch.
+
+        Returns:
+            (fused (B, d), alpha (B, M)); alpha is exactly 0 where mask is False.
+
+        Raises:
+            ValueError: a region has none of the branches.
+        """
+        if not bool(mask.any(dim=1).all()):
+            raise ValueError("a region has no evidence at all; it cannot be fused")
+        z = torch.stack([f(x) for f, x in zip(self.branches, inputs, strict=True)], dim=1)
+        z = torch.where(mask.unsqueeze(-1), z, 0.0)  # a missing branch's input is arbitrary
+        u = torch.tanh(self.attn(z))
+        alpha = _masked_attention(u @ self.context, mask)
+        return (alpha.unsqueeze(-1) * z).sum(1), alpha

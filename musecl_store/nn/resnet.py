@@ -45,17 +45,28 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
+STEMS = ("imagenet", "small")
+
+
 class ResNet18(nn.Module):
-    """The ResNet-18 trunk up to global average pooling: images -> 512 features."""
+    """The ResNet-18 trunk up to global average pooling: images -> 512 features.
+
+    ``stem="imagenet"`` is the usual 7x7 stride-2 convolution and 3x3 max-pool (a 64 px tile
+    is 16 px when the first block sees it); ``"small"`` keeps the 7x7 stride-2 convolution
+    (same weights, so ImageNet checkpoints still load) but drops the max-pool, so 1-5 px
+    details (shop signs, litter) reach the blocks at twice the resolution, at 4x the compute.
+    """
 
     features = 512
 
-    def __init__(self) -> None:
+    def __init__(self, stem: str = "imagenet") -> None:
         super().__init__()
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {', '.join(STEMS)}, not {stem!r}")
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.maxpool: nn.Module = nn.MaxPool2d(3, 2, 1) if stem == "imagenet" else nn.Identity()
         self.layer1 = nn.Sequential(BasicBlock(64, 64), BasicBlock(64, 64))
         self.layer2 = nn.Sequential(BasicBlock(64, 128, 2), BasicBlock(128, 128))
         self.layer3 = nn.Sequential(BasicBlock(128, 256, 2), BasicBlock(256, 256))
@@ -77,9 +88,9 @@ class ImageEncoder(nn.Module):
     Input: float tensor (B, 3, H, W) with values in [0, 1]; it is normalised here.
     """
 
-    def __init__(self, dim: int = 128):
+    def __init__(self, dim: int = 128, stem: str = "imagenet"):
         super().__init__()
-        self.backbone = ResNet18()
+        self.backbone = ResNet18(stem)
         self.proj = nn.Linear(ResNet18.features, dim)
         self.mean: Tensor
         self.std: Tensor

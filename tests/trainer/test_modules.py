@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from musecl_store.nn.fusion import AttentiveFusion
+from musecl_store.nn.fusion import BRANCHES, AttentiveFusion, ModalityFusion
 from musecl_store.nn.model import CheckpointError, MuseclNet
 from musecl_store.nn.resnet import ImageEncoder, PretrainedWeightsError, load_backbone
 from training.config import ConfigError, TrainConfig
@@ -34,10 +34,11 @@ def test_a_missing_modality_gets_exactly_zero_attention() -> None:
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    net = MuseclNet(dim=32, text_dim=16)
+    net = MuseclNet(dim=32, text_dim=16, vocabulary=["bar", "cafe"], stem="small")
     path = net.save(tmp_path / "run" / "model.pt", {"dim": 32, "seed": 0})
     loaded, config = MuseclNet.load(path)
     assert config == {"dim": 32, "seed": 0}
+    assert loaded.vocabulary == ["bar", "cafe"] and loaded.stem == "small"
     for (k, a), (_, b) in zip(net.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     x = torch.rand(2, 3, 32, 32)
@@ -92,3 +93,56 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text('{"epochs": 2,}')
     with pytest.raises(ConfigError, match=r"bad\.json:1: invalid JSON"):
         TrainConfig.from_file(tmp_path / "bad.json")
+
+
+def test_all_branch_fusion_masks_missing_branches_exactly() -> None:
+    torch.manual_seed(0)
+    dims = (8, 8, 12, 5, 6)
+    fusion = ModalityFusion(dims, 8)
+    xs = [torch.randn(4, d) for d in dims]
+    mask = torch.ones(4, len(BRANCHES), dtype=torch.bool)
+    mask[1, 0] = mask[2, 2] = mask[3, 4] = False
+    fused, alpha = fusion(xs, mask)
+    assert torch.all(alpha[~mask] == 0)
+    torch.testing.assert_close(alpha.sum(1), torch.ones(4))
+    # whatever a missing branch's input holds, the fused vector does not move
+    xs2 = [x.clone() for x in xs]
+    xs2[0][1] = 1e6
+    xs2[2][2] = float("nan")
+    fused2, _ = fusion([torch.nan_to_num(x, nan=3.0) for x in xs2], mask)
+    torch.testing.assert_close(fused2[1:], fused[1:])
+    with pytest.raises(ValueError, match="no evidence"):
+        fusion(xs, torch.zeros(4, len(BRANCHES), dtype=torch.bool))
+
+
+def test_branch_normalisation_keeps_the_level_of_counts() -> None:
+    """Standardised per column, not per row: a region with twice the POIs of every kind is
+    not the same as the original (a per-row layer norm would make them equal)."""
+    torch.manual_seed(0)
+    fusion = ModalityFusion((4, 4, 4, 3, 6), 8)
+    rows = torch.rand(50, 3) * 3
+    xs = [torch.randn(50, d) for d in (4, 4, 4)] + [rows, torch.randn(50, 6)]
+    mask = torch.ones(50, 5, dtype=torch.bool)
+    fusion.set_normalisation(xs, mask)
+    branch = fusion.branches[3]
+    torch.testing.assert_close(branch.shift, rows.mean(0))
+    doubled = [x.clone() for x in xs]
+    doubled[3] = rows * 2
+    assert not torch.allclose(fusion(doubled, mask)[0], fusion(xs, mask)[0])
+
+
+def test_format_2_model_files_still_load(tmp_path: Path) -> None:
+    """A model trained before the all-branch fusion (its visual fusion saved as `fusion`)
+    loads, with the visual fusion in place and no all-branch fusion."""
+    torch.manual_seed(0)
+    net = MuseclNet(16, 24)
+    state = {
+        (f"fusion.{k[len('fusion_visual.') :]}" if k.startswith("fusion_visual.") else k): v
+        for k, v in net.state_dict().items()
+    }
+    path = tmp_path / "old.pt"
+    torch.save({"format": 2, "dim": 16, "text_dim": 24, "config": "{}", "state_dict": state}, path)
+    loaded, _ = MuseclNet.load(path)
+    assert loaded.fusion is None and loaded.vocabulary is None
+    for k, v in net.fusion_visual.state_dict().items():
+        torch.testing.assert_close(loaded.fusion_visual.state_dict()[k], v)

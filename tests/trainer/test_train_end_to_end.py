@@ -51,8 +51,7 @@ def config(tmp_path: Path, **extra: object) -> TrainConfig:
 def test_every_region_gets_every_kind(engine, small_city: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     with transaction(engine) as s:
         ingest_bundle(s, small_city)
-    with transaction(engine) as s:
-        result = train_city(s, "demo-5", config(tmp_path), log=lambda m: None)
+    result = train_city(engine, "demo-5", config(tmp_path), log=lambda m: None)
     with transaction(engine) as s:
         n_regions = s.scalar(select(func.count()).select_from(Region))
         mv = s.get(ModelVersion, result.model_version_id)
@@ -112,8 +111,8 @@ def test_same_seed_same_embeddings_and_resume_finishes_the_job(
 
     cfg = config(tmp_path, epochs=2)
     e1 = fresh()
+    train_city(e1, "demo-5", cfg, resume=False, log=lambda m: None)  # type: ignore[arg-type]
     with transaction(e1) as s:  # type: ignore[arg-type]
-        train_city(s, "demo-5", cfg, resume=False, log=lambda m: None)
         _, first = load_embeddings(s, 1, "fused")
     shutil.rmtree(tmp_path / "ckpt")
 
@@ -129,14 +128,14 @@ def test_same_seed_same_embeddings_and_resume_finishes_the_job(
 
     trainer_cls.train_fusion = crash  # type: ignore[method-assign]
     try:
-        with pytest.raises(Crash), transaction(e2) as s:  # type: ignore[arg-type]
-            train_city(s, "demo-5", cfg, log=lambda m: None)
+        with pytest.raises(Crash):
+            train_city(e2, "demo-5", cfg, log=lambda m: None)  # type: ignore[arg-type]
     finally:
         trainer_cls.train_fusion = original  # type: ignore[method-assign]
     assert any((tmp_path / "ckpt").rglob("state.pt"))
     logs: list[str] = []
+    train_city(e2, "demo-5", cfg, log=logs.append)  # type: ignore[arg-type]
     with transaction(e2) as s:  # type: ignore[arg-type]
-        train_city(s, "demo-5", cfg, log=logs.append)
         _, resumed = load_embeddings(s, 1, "fused")
     assert any("resuming" in m and "stage fusion" in m for m in logs)
     assert not any(m.startswith("remote epoch") for m in logs)  # finished stages are not redone
@@ -150,8 +149,8 @@ def test_bad_input_is_refused_clearly(engine, small_city: Path, tmp_path: Path) 
     (no_pois / "city.json").write_text(json.dumps({"name": "empty", "h3_resolution": 8}))
     with transaction(engine) as s:
         ingest_bundle(s, no_pois)
-    with pytest.raises(TrainingError, match="city 'empty' has no POIs"), transaction(engine) as s:
-        train_city(s, "empty", config(tmp_path), log=lambda m: None)
+    with pytest.raises(TrainingError, match="city 'empty' has no POIs"):
+        train_city(engine, "empty", config(tmp_path), log=lambda m: None)
 
     no_images = tmp_path / "no_images"
     shutil.copytree(small_city, no_images)
@@ -162,17 +161,14 @@ def test_bad_input_is_refused_clearly(engine, small_city: Path, tmp_path: Path) 
     (no_images / "city.json").write_text(json.dumps({"name": "gappy", "h3_resolution": 8}))
     with transaction(engine) as s:
         ingest_bundle(s, no_images)
-    with (
-        pytest.raises(
-            TrainingError, match=f"1 region\\(s\\) have no images at all \\(e.g. {first_cell}\\)"
-        ),
-        transaction(engine) as s,
+    with pytest.raises(
+        TrainingError, match=f"1 region\\(s\\) have no images at all \\(e.g. {first_cell}\\)"
     ):
-        train_city(s, "gappy", config(tmp_path), log=lambda m: None)
+        train_city(engine, "gappy", config(tmp_path), log=lambda m: None)
+    result = train_city(
+        engine, "gappy", config(tmp_path, skip_regions_without_images=True), log=lambda m: None
+    )
     with transaction(engine) as s:
-        result = train_city(
-            s, "gappy", config(tmp_path, skip_regions_without_images=True), log=lambda m: None
-        )
         ids, _ = load_embeddings(s, result.model_version_id, "fused")
     assert first_cell not in ids and ids
 
