@@ -312,6 +312,13 @@ def ingest(store: Store, bundle: str, check: bool, as_json: bool) -> None:
     help="Where runs keep their checkpoints and model files.",
 )
 @click.option("--restart", is_flag=True, help="Ignore a checkpoint of the same run and start over.")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where to train: auto is cuda when torch sees a GPU, else cpu (the reproducible one).",
+)
 @json_option
 @click.pass_obj
 @handle_errors
@@ -323,6 +330,7 @@ def train(
     seed: int | None,
     checkpoint_dir: str | None,
     restart: bool,
+    device: str,
     as_json: bool,
 ) -> None:
     """Train MuseCL on a city and store its region embeddings as a new model version.
@@ -331,7 +339,9 @@ def train(
     learn remote tiles and street views with a triplet loss; a pre-trained text encoder
     embeds POI texts; attentive fusion is aligned to the text with InfoNCE. Every region gets
     remote, street, poi and fused embeddings and attention weights. A run checkpoints after
-    every epoch and resumes from its last checkpoint when started again.
+    every epoch and resumes from its last checkpoint when started again (a finished run is
+    reused). The store is only read at the start and written at the end: training holds no
+    transaction open.
     """
     from training.config import TrainConfig
     from training.trainer import train_city
@@ -342,15 +352,15 @@ def train(
     else:
         config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
     log = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
-    with transaction(store.engine()) as session:
-        result = train_city(
-            session,
-            city,
-            config,
-            resume=not restart,
-            show_progress=False if as_json else None,
-            log=log,
-        )
+    result = train_city(
+        store.engine(),
+        city,
+        config,
+        resume=not restart,
+        device=device,
+        show_progress=False if as_json else None,
+        log=log,
+    )
     if as_json:
         emit(result.to_dict())
     else:
@@ -390,16 +400,24 @@ def evaluate(
     """Score every embedding on every indicator: the paper's table.
 
     Rows: counts (log POI-category and trip counts, no learning), remote, street, poi,
-    concat, add (remote+street) and fused (MuseCL). Each is scored by k-fold cross-validation
-    with the paper's MLP head (512-256-128-64) and with ridge: R², RMSE and MAPE, mean and
-    spread over folds. The records are saved into the model version's metrics.
+    concat, add (remote+street), fused_visual (the model's fusion of the two visual
+    embeddings only; left out when its model file cannot be read), fused (MuseCL) and
+    counts+fused. Each is scored by k-fold cross-validation with the paper's MLP head
+    (512-256-128-64) and with ridge: R², RMSE and MAPE, mean and spread over folds. The
+    records are saved into the model version's metrics. A progress bar goes to stderr (on a
+    terminal).
     """
     from musecl_store.evaluation import EvalConfig, evaluate_city, markdown_table
 
     cfg = EvalConfig(folds=folds, seed=seed, log_target=log_target)
     with transaction(store.engine()) as session:
         records = evaluate_city(
-            session, city, model_version=model_version, indicators=list(indicators) or None, cfg=cfg
+            session,
+            city,
+            model_version=model_version,
+            indicators=list(indicators) or None,
+            cfg=cfg,
+            show_progress=None,  # on stderr, so even --json keeps stdout clean
         )
     if as_json:
         emit(records)
@@ -779,6 +797,7 @@ def regress_fit(
             head=head,
             log_target=log_target,
             folds=folds,
+            log=lambda msg: click.echo(msg, err=True),  # stderr: --json stdout stays clean
         )
         out = {
             "regressor": reg.id,

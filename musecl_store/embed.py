@@ -344,7 +344,7 @@ class RegionEmbeddings:
 
     def attention(self) -> list[dict[str, Any] | None]:
         return [
-            {m: round(float(a), 6) for m, a in zip(self.branches, row, strict=True)}
+            {m: float(a) for m, a in zip(self.branches, row, strict=True)}
             for row in self.alpha
         ]
 

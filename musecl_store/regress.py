@@ -9,6 +9,7 @@ cross-city transfer.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,8 +64,12 @@ def fit(
     log_target: bool = False,
     folds: int = 5,
     seed: int = 0,
+    log: Callable[[str], None] | None = None,
 ) -> Regressor:
     """Cross-validate, then fit on every labelled region; store and return the regressor.
+
+    Args:
+        log: told what step is running (the MLP head takes a while); ``None`` is silent.
 
     Raises:
         RegressionError: unknown head or indicator, or too few labelled regions.
@@ -98,8 +103,11 @@ def fit(
         if (y < 0).any():
             raise RegressionError(f"--log-target needs non-negative values; {indicator} has some")
         y = np.log1p(y)
+    say = log or (lambda _msg: None)
     cfg = EvalConfig(folds=folds, seed=seed, log_target=log_target)
-    metrics = score(xs, y, cfg)[head]
+    say(f"{folds}-fold cross-validation of the {head} head on {len(y)} regions ({kind}) ...")
+    metrics = score(xs, y, cfg, heads=(head,))[head]  # only this head: the MLP is slow
+    say(f"fitting the {head} head on all {len(y)} regions ...")
     if head == "ridge":
         w, b, alpha = ridge_fit_auto(xs, y)
         params = {"w": w, "b": np.array([b]), "alpha": np.array([alpha])}

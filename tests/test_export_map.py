@@ -18,6 +18,7 @@ from musecl_store.db import create_engine, transaction
 from musecl_store.embeddings import load_embeddings
 from musecl_store.export import ExportError, export_city
 from musecl_store.maps import MapError, draw
+from musecl_store.nn.fusion import BRANCHES
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +49,7 @@ def test_exports_round_trip(engine2, tmp_path: Path) -> None:  # type: ignore[no
     assert len(doc["features"]) == len(ids)
     f0 = doc["features"][0]
     assert f0["geometry"]["type"] == "MultiPolygon" and len(f0["properties"]["embedding"]) == 128
-    assert set(f0["properties"]["attention"]) == {"remote", "street"}
+    assert set(f0["properties"]["attention"]) == set(BRANCHES)
     import pyarrow.parquet as pq
 
     table = pq.read_table(tmp_path / "e.parquet")

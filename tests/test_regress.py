@@ -32,9 +32,11 @@ def engine2(backend, trained: str):  # type: ignore[no-untyped-def]
 
 def test_fit_predict_writes_what_is_missing(engine2) -> None:  # type: ignore[no-untyped-def]
     with transaction(engine2) as s:
-        reg = fit(s, "demo-3", "housing_density", head="ridge", log_target=True)
+        steps: list[str] = []
+        reg = fit(s, "demo-3", "housing_density", head="ridge", log_target=True, log=steps.append)
         assert reg.metrics["n"] > 40 and -1 < reg.metrics["r2"] <= 1
         assert set(reg.metrics) >= {"r2", "r2_std", "rmse", "mape"}
+        assert [m.split(" ")[0] for m in steps] == ["5-fold", "fitting"]
         mlp = fit(s, "demo-3", "housing_density", head="mlp")
         _ids, x = load_embeddings(s, 1, "fused")
         assert np.isfinite(apply(mlp, x)).all()
@@ -116,7 +118,8 @@ def test_cli_regress(backend, trained: str) -> None:  # type: ignore[no-untyped-
         ],
     )
     assert fitted.exit_code == 0, fitted.output
-    rid = json.loads(fitted.stdout)["regressor"]
+    rid = json.loads(fitted.stdout)["regressor"]  # the progress lines go to stderr only
+    assert "5-fold cross-validation of the ridge head" in fitted.stderr
     pred = runner.invoke(
         main, ["--db", url, "regress", "predict", "--regressor", rid, "--city", "demo-3", "--json"]
     )

@@ -20,6 +20,7 @@ from musecl_store.db import create_engine, transaction
 from musecl_store.embeddings import load_embeddings
 from musecl_store.features import FeatureError, lookup
 from musecl_store.index import RegionIndex
+from musecl_store.nn.fusion import BRANCHES
 from musecl_store.search import Filters, Query, SearchError, parse_polygon, region_at, similar
 from musecl_store.tables import Embedding, Region
 
@@ -124,7 +125,7 @@ def test_points_adjacency_and_bad_queries(store) -> None:  # type: ignore[no-unt
         neighbours = set(h3.grid_disk(rid, 1)) - {rid}
         assert neighbours & set(ids) and not neighbours & {h.region_id for h in hits}
         assert all(h.geometry and h.geometry["type"] == "MultiPolygon" for h in hits)
-        assert all(h.attention and set(h.attention) == {"remote", "street"} for h in hits)
+        assert all(h.attention and set(h.attention) == set(BRANCHES) for h in hits)
         with pytest.raises(SearchError, match="no region of city 'demo-3' contains the point"):
             similar(s, idx, Query(city="demo-3", point=(0.0, 0.0)), k=3)
         with pytest.raises(SearchError, match="has no region 'nope'"):

@@ -46,7 +46,7 @@ class TrainConfig:
     # has several): two views of one place.
     same_region: float = 0.5
     stem: str = "imagenet"
-    epochs: int = 12
+    epochs: int = 8
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-5
