@@ -191,7 +191,7 @@ def test_cli_train_and_evaluate_json(db_url: str, small_city: Path, tmp_path: Pa
         ],
     )
     assert ev.exit_code == 0, ev.output
-    assert len(json.loads(ev.stdout)) == 14
+    assert len(json.loads(ev.stdout)) == 2 * len(EMBEDDINGS)  # one indicator, two heads
     bad = runner.invoke(
         main,
         ["--db", db_url, "train", "--city", "demo-5", "--config", str(tmp_path / "missing.json")],
