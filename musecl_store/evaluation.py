@@ -13,6 +13,9 @@ the folds.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +71,12 @@ class EvalConfig:
     mlp_weight_decay: float = 1e-4
     mlp_patience: int = 15  # epochs without a better held-out loss before a network stops
     mlp_dropout: float = 0.2
+    # The batched products are small: on the shared 2-core machine a second thread made
+    # `musecl evaluate` about twice as slow whenever another process ran (361 s against
+    # 190 s), and with one thread the numbers do not depend on the machine's core count.
+    # None leaves torch's setting.
+    mlp_threads: int | None = 1
+    workers: int = 2  # rows of the table scored at once, in threads
 
 
 def metrics(y: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
@@ -79,7 +88,8 @@ def metrics(y: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
 
 
 class _FoldMLPs(torch.nn.Module):
-    """One MLP per fold, trained together as a batch of networks (same data, own masks).
+    """One MLP per fold (of one or several targets), trained together as a batch of networks
+    (same features, own masks and targets).
 
     Every network draws its random numbers from its own generator, so each trains exactly
     as it would alone, whatever else is in the batch.
@@ -219,13 +229,39 @@ def train_mlps(
     Adam on shuffled mini-batches of ``cfg.mlp_batch`` rows; after every epoch each network
     is scored on its ``stop`` rows, keeps its best weights, and is done after
     ``cfg.mlp_patience`` epochs without improvement; networks that are done leave the batch.
-    Features and target are standardised with each MLP's own training rows.
+    Features and target are standardised with each MLP's own training rows. Runs on
+    ``cfg.mlp_threads`` torch threads (set back after).
 
     Args:
         y: (N,) targets, or (F, N): one target row per network (read only on its rows).
         keys: network k draws from a generator seeded by (``cfg.seed``, ``keys[k]``;
             default k): deterministic, and the same as trained alone.
     """
+    with _torch_threads(cfg.mlp_threads):
+        return _train_mlps(x, y, train, stop, cfg, keys)
+
+
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` inside, and back after (None: untouched)."""
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def _train_mlps(
+    x: np.ndarray,
+    y: np.ndarray,
+    train: np.ndarray,
+    stop: np.ndarray,
+    cfg: EvalConfig,
+    keys: list[int] | None = None,
+) -> MLPFit:
     f = train.shape[0]
     gens = [
         torch.Generator().manual_seed(
@@ -530,17 +566,31 @@ def evaluate_city(
                 f"{cfg.folds}-fold cross-validation"
             )
         targets[name] = (rows, y, kfold_indices(len(y), cfg.folds, cfg.seed))
-    scores: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
-    embs = [e for e in EMBEDDINGS if e in feats]
-    for emb in progress(embs, desc="evaluate", unit="row", enabled=show_progress):
+
+    def score_row(emb: str) -> dict[str, dict[str, dict[str, float]]]:
         x = feats[emb]
         # every indicator's folds in one batch of networks: the same results as one by one
         mlp = mlp_cv_many(x, list(targets.values()), cfg)
-        for (name, (rows, y, folds)), pred in zip(targets.items(), mlp, strict=True):
-            scores[name, emb] = {
+        return {
+            name: {
                 "mlp": fold_summary(y, pred, folds),
                 "ridge": fold_summary(y, ridge_cv(x[rows], y, folds), folds),
             }
+            for (name, (rows, y, folds)), pred in zip(targets.items(), mlp, strict=True)
+        }
+
+    scores: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
+    embs = [e for e in EMBEDDINGS if e in feats]
+    # Rows in parallel threads (torch lets go of the GIL in its kernels), each on
+    # cfg.mlp_threads torch threads: every row's numbers are the same as one at a time.
+    with _torch_threads(cfg.mlp_threads), ThreadPoolExecutor(cfg.workers) as pool:
+        futures = {pool.submit(score_row, emb): emb for emb in embs}
+        done = as_completed(futures)
+        for fut in progress(
+            done, desc="evaluate", total=len(embs), unit="row", enabled=show_progress
+        ):
+            for name, by_head in fut.result().items():
+                scores[name, futures[fut]] = by_head
     records: list[dict[str, Any]] = []
     for name in wanted:
         for emb in embs:

@@ -4,6 +4,7 @@ MLP head really fits and repeats for a seed, and the table's rows come from the 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -166,9 +167,13 @@ def _fake_model(engine, bundle: Path, kinds: tuple[str, ...]) -> None:  # type: 
 def test_table_rows_without_fused_visual(engine, demo_bundle: Path) -> None:  # type: ignore[no-untyped-def]
     # the fake model has no model file to compute fused_visual with: that row is left out
     _fake_model(engine, demo_bundle, ("remote", "street", "poi", "fused"))
-    cfg = EvalConfig(mlp_max_epochs=2, mlp_patience=1)
+    cfg = EvalConfig(mlp_max_epochs=4, mlp_patience=2)
     with transaction(engine) as s:
         records = evaluate_city(s, "demo-3", indicators=["crime", "poi_count"], cfg=cfg)
+        one_by_one = evaluate_city(
+            s, "demo-3", indicators=["crime", "poi_count"], cfg=replace(cfg, workers=1)
+        )
+    assert records == one_by_one  # rows scored in parallel threads: the same numbers
     embs = [e for e in EMBEDDINGS if e != "fused_visual"]  # a model from before: no such row
     assert list(dict.fromkeys(r["embedding"] for r in records)) == embs
     assert len(records) == 2 * len(embs) * 2
