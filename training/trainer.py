@@ -686,7 +686,7 @@ class Trainer:
                     if len(val[b : b + bs]) >= 2
                 ]
             val_loss = float(np.mean(parts)) if parts else train_loss
-            self.history.setdefault("fused", []).append(
+            self.history["fused"].append(
                 {"epoch": epoch + 1, "train": round(train_loss, 5), "val": round(val_loss, 5)}
             )
             if (epoch + 1) % 10 == 0:

@@ -29,6 +29,7 @@ from musecl_store.nn.text import TextEncoder
 from musecl_store.summary import get_city
 from musecl_store.tables import ModelVersion, Region, TextEmbedding
 from tests.conftest import Backend
+from tests.trainer.test_train_end_to_end import FAST
 from training.config import TrainConfig
 from training.trainer import (
     DeviceError,
@@ -43,15 +44,6 @@ from training.trainer import (
 
 pytestmark = pytest.mark.slow
 
-FAST = {
-    "epochs": 1,
-    "fusion_epochs": 4,
-    "image_size": 32,
-    "batch_size": 16,
-    "top_k": 3,
-    "val_fraction": 0.2,
-    "fusion_batch_size": 16,
-}
 CITY = "demo-5"
 
 
