@@ -1,8 +1,10 @@
-"""Training learns: on a small demo city the trained fused vector predicts the indicators
-clearly better than the same network with its initial (untrained) weights."""
+"""Training learns: on a small demo city the trained fused vector beats the same network with
+its initial (untrained) weights, both at what similarity search promises (a region's nearest
+neighbours share its indicators and its true latent factors) and at linear prediction."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,33 @@ def _mean_ridge_r2(x: np.ndarray, targets: dict[str, tuple[np.ndarray, np.ndarra
     return float(np.mean(scores))
 
 
+def _knn_r2(x: np.ndarray, targets: dict[str, tuple[np.ndarray, np.ndarray]], k: int = 5) -> float:
+    """Mean R² of predicting each region's indicator by the mean of its k most similar
+    regions' values (cosine, leave-one-out): do similar regions share the indicators?"""
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    scores = []
+    for rows, y in targets.values():
+        sim = x[rows] @ x[rows].T
+        np.fill_diagonal(sim, -np.inf)
+        pred = y[np.argsort(-sim, axis=1)[:, :k]].mean(axis=1)
+        scores.append(1 - float(((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum()))
+    return float(np.mean(scores))
+
+
+def _neighbour_latent_ratio(x: np.ndarray, latent: np.ndarray, k: int = 5) -> float:
+    """Mean latent distance from each region to its k most similar regions, over the mean
+    latent distance of all pairs (1 = neighbours no closer than random regions)."""
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    z = (latent - latent.mean(0)) / latent.std(0)
+    dist = np.linalg.norm(z[:, None] - z[None], axis=2)
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    near = np.argsort(-sim, axis=1)[:, :k]
+    return float(
+        dist[np.arange(len(z))[:, None], near].mean() / dist[np.triu_indices(len(z), 1)].mean()
+    )
+
+
 def test_trained_fused_beats_the_untrained_network(tmp_path: Path) -> None:
     make_demo_city(tmp_path / "city", seed=7, regions=160, show_progress=False)
     engine = open_engine(str(tmp_path / "store.sqlite"))
@@ -79,8 +108,24 @@ def test_trained_fused_beats_the_untrained_network(tmp_path: Path) -> None:
     for name in sorted({n for n, _, _ in values}):
         pairs = [(index[r], v) for n, r, v in values if n == name]
         targets[name] = (np.array([p[0] for p in pairs]), np.log1p([p[1] for p in pairs]))
-    r2 = {k: _mean_ridge_r2(v, targets) for k, v in vectors.items()}
-    # measured: trained 0.557, untrained 0.518 (ridge, 5 folds, log1p targets). The untrained
-    # all-branch fusion is already strong (random projections of standardised counts keep
-    # them); the margin training adds here is small and is the next thing to grow.
-    assert r2["trained"] > r2["untrained"] + 0.02, r2
+    with (tmp_path / "city" / "truth" / "latent.csv").open(encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))[1:]
+    by_id = {r[0]: [float(v) for v in r[1:]] for r in rows}
+    latent = np.array([by_id[r] for r in data.region_ids])
+    got = {
+        name: {
+            "knn_r2": _knn_r2(v, targets),
+            "neighbour_latent_ratio": _neighbour_latent_ratio(v, latent),
+            "ridge_r2": _mean_ridge_r2(v, targets),
+        }
+        for name, v in vectors.items()
+    }
+    t, u = got["trained"], got["untrained"]
+    # Measured on this city (seed 7; seed 8 in brackets): 5-NN R² trained 0.522 vs untrained
+    # 0.426 (0.575 vs 0.461); neighbour latent ratio 0.52 vs 0.61 (0.54 vs 0.61); ridge R²
+    # 0.563 vs 0.518 (0.618 vs 0.526). The ridge margin is the smallest: a linear head on
+    # an untrained projection of the standardised counts already recovers much of them,
+    # while which regions are each other's nearest neighbours is what training changes.
+    assert t["knn_r2"] > u["knn_r2"] + 0.06, got
+    assert t["neighbour_latent_ratio"] < u["neighbour_latent_ratio"] - 0.05, got
+    assert t["ridge_r2"] > u["ridge_r2"] + 0.02, got
