@@ -1,4 +1,4 @@
-"""Reading a city bundle (``shared/docs/city-bundle.md``) into validated, lon/lat records.
+"""Reading a city bundle (``docs/city-bundle.md``) into validated, lon/lat records.
 
 Reading touches no database. Fatal defects (a missing required file or column, bad regions,
 an unknown or wrong CRS) raise :class:`~musecl_store.errors.BundleError` before anything is

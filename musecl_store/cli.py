@@ -11,41 +11,19 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import click
 import numpy as np
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
-from musecl_store import __version__, schema
-from musecl_store.db import create_engine, resolve_url, transaction
+from musecl_store import __version__
+from musecl_store.api import Store, read_points_csv
+from musecl_store.db import resolve_url
 from musecl_store.errors import MuseclError
 from musecl_store.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-@dataclass
-class Store:
-    """The ``--db`` choice, opened on first use."""
-
-    url: str
-    settings: Settings
-    _engine: Engine | None = field(default=None, repr=False)
-
-    def engine(self, *, create: bool = True) -> Engine:
-        if self._engine is None:
-            self._engine = create_engine(self.url, self.settings)
-            schema.ensure_schema(self._engine, create=create)
-        return self._engine
-
-    @property
-    def shown_url(self) -> str:
-        from sqlalchemy.engine import make_url
-
-        return make_url(self.url).render_as_string(hide_password=True)
 
 
 def handle_errors(fn: F) -> F:
@@ -73,11 +51,63 @@ city_option = click.option(
 )
 
 
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, np.generic):  # numpy scalars from pandas frames
+        return obj.item()
+    return str(obj)
+
+
 def emit(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+    click.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=_plain))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def table(headers: list[str], rows: list[list[Any]], aligns: str = "") -> None:
+    """Print rows under a header line, each column as wide as its widest cell.
+
+    ``aligns``: one character per column, ``<`` (default) or ``>`` (numbers)."""
+    cells = [[str(h) for h in headers], *[[str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for r in cells:
+        parts = []
+        for i, c in enumerate(r):
+            a = aligns[i] if i < len(aligns) else "<"
+            parts.append(c.rjust(widths[i]) if a == ">" else c.ljust(widths[i]))
+        click.echo("  ".join(parts).rstrip())
+
+
+def _db_here(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:  # `musecl CMD --db X` wins over `musecl --db Y CMD`
+        store = ctx.find_object(Store)
+        assert store is not None
+        store.close()
+        store.url = resolve_url(value, store.settings)
+
+
+class _Group(click.Group):
+    """Gives every command a ``--db`` option of its own, so that both ``musecl --db X cmd``
+    and ``musecl cmd --db X`` work."""
+
+    group_class = type  # sub-groups (db, index, regress ...) are _Groups too
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not isinstance(cmd, click.Group):
+            cmd.params.append(
+                click.Option(
+                    ["--db"],
+                    metavar="URL_OR_PATH",
+                    expose_value=False,
+                    callback=_db_here,
+                    help="The store (as `musecl --db`; default ./musecl.sqlite or "
+                    "MUSECL_DATABASE_URL).",
+                )
+            )
+        super().add_command(cmd, name)
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option(
     "--db",
     metavar="URL_OR_PATH",
@@ -100,6 +130,9 @@ def main(ctx: click.Context, db: str | None) -> None:
       musecl ingest ./demo
       musecl train --city demo-0
       musecl evaluate --city demo-0 --log-target
+
+    Exit codes: 0 success, 1 an error in the input or the store (the message names the file,
+    line or argument), 2 a usage error (an unknown option, a missing argument).
     """
     settings = Settings.from_env()
     ctx.obj = Store(resolve_url(db, settings), settings)
@@ -119,16 +152,8 @@ def db() -> None:
 @handle_errors
 def db_init(store: Store, as_json: bool) -> None:
     """Create or upgrade the schema to the newest migration (safe to run again)."""
-    engine = create_engine(store.url, store.settings)
-    before = schema.current_revision(engine)
-    schema.upgrade(engine)
-    after = schema.current_revision(engine)
-    result = {
-        "database": store.shown_url,
-        "dialect": engine.dialect.name,
-        "from": before,
-        "to": after,
-    }
+    result = store.init()
+    before, after = result["from"], result["to"]
     if as_json:
         emit(result)
     else:
@@ -142,22 +167,14 @@ def db_init(store: Store, as_json: bool) -> None:
 @handle_errors
 def db_status(store: Store, as_json: bool) -> None:
     """Show the database, its schema revision and the revision this code expects."""
-    engine = create_engine(store.url, store.settings)
-    current, head = schema.current_revision(engine), schema.head_revision()
-    result = {
-        "database": store.shown_url,
-        "dialect": engine.dialect.name,
-        "current": current,
-        "head": head,
-        "up_to_date": current == head,
-    }
+    result = store.status()
     if as_json:
         emit(result)
     else:
-        state = "up to date" if current == head else "needs `musecl db init`"
+        state = "up to date" if result["up_to_date"] else "needs `musecl db init`"
         click.echo(
-            f"{store.shown_url} ({engine.dialect.name}): schema {current or 'none'}, "
-            f"code expects {head} — {state}"
+            f"{store.shown_url} ({result['dialect']}): schema {result['current'] or 'none'}, "
+            f"code expects {result['head']} — {state}"
         )
 
 
@@ -244,13 +261,7 @@ def ingest(store: Store, bundle: str, check: bool, as_json: bool) -> None:
     revision. Rows that cannot be used are skipped and listed with file, line and reason;
     a fatal defect (missing required file or column, bad regions, wrong CRS) writes nothing.
     """
-    from musecl_store.ingest import ingest_bundle
-
-    engine = store.engine()
-    with transaction(engine) as session:
-        summary = ingest_bundle(session, bundle, show_progress=False if as_json else None)
-        if check:
-            session.rollback()
+    summary = store.ingest(bundle, check=check, show_progress=False if as_json else None)
     result = summary.to_dict()
     result["checked_only"] = check
     if as_json:
@@ -343,19 +354,12 @@ def train(
     reused). The store is only read at the start and written at the end: training holds no
     transaction open.
     """
-    from training.config import TrainConfig
-    from training.trainer import train_city
-
     overrides = {"epochs": epochs, "seed": seed, "checkpoint_dir": checkpoint_dir}
-    if config_file:
-        config = TrainConfig.from_file(config_file, **overrides)
-    else:
-        config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
     log = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
-    result = train_city(
-        store.engine(),
+    result = store.train(
         city,
-        config,
+        config_file,
+        **{k: v for k, v in overrides.items() if v is not None},
         resume=not restart,
         device=device,
         show_progress=False if as_json else None,
@@ -407,18 +411,17 @@ def evaluate(
     records are saved into the model version's metrics. A progress bar goes to stderr (on a
     terminal).
     """
-    from musecl_store.evaluation import EvalConfig, evaluate_city, markdown_table
+    from musecl_store.evaluation import markdown_table
 
-    cfg = EvalConfig(folds=folds, seed=seed, log_target=log_target)
-    with transaction(store.engine()) as session:
-        records = evaluate_city(
-            session,
-            city,
-            model_version=model_version,
-            indicators=list(indicators) or None,
-            cfg=cfg,
-            show_progress=None,  # on stderr, so even --json keeps stdout clean
-        )
+    records = store.evaluate(
+        city,
+        model_version=model_version,
+        indicators=list(indicators) or None,
+        log_target=log_target,
+        folds=folds,
+        seed=seed,
+        show_progress=None,  # on stderr, so even --json keeps stdout clean
+    ).to_dict("records")
     if as_json:
         emit(records)
     else:
@@ -428,15 +431,21 @@ def evaluate(
 # ------------------------------------------------------------------ index, similar, features
 
 
-def _floats(value: str | None, n: int, what: str) -> tuple[float, ...] | None:
+def _floats(value: str | None, n: int, what: str, hint: str) -> tuple[float, ...] | None:
+    """``n`` comma-separated numbers; the ones named LON and LAT must be on the globe."""
     if value is None:
         return None
     try:
         parts = tuple(float(v) for v in value.split(","))
     except ValueError:
         parts = ()
-    if len(parts) != n:
-        raise click.BadParameter(f"expected {what}, got {value!r}")
+    if len(parts) != n or not all(np.isfinite(parts)):
+        raise click.BadParameter(f"expected {what}, got {value!r}", param_hint=hint)
+    for name, v in zip(what.split(","), parts, strict=True):
+        if name.endswith("LON") and not -180 <= v <= 180:
+            raise click.BadParameter(f"longitude {v} is outside -180..180", param_hint=hint)
+        if name.endswith("LAT") and not -90 <= v <= 90:
+            raise click.BadParameter(f"latitude {v} is outside -90..90", param_hint=hint)
     return parts
 
 
@@ -450,23 +459,6 @@ kind_option = click.option(
 model_option = click.option(
     "--model-version", type=int, help="Model version (default: the city's active one)."
 )
-
-
-def _open_index(
-    store: Store,
-    session: Any,
-    city: str,
-    model_version: int | None,
-    kind: str,
-    index_type: str = "auto",
-) -> Any:
-    from musecl_store.index import IndexOptions, RegionIndex
-    from musecl_store.search import active_model_version
-
-    mv = model_version if model_version is not None else active_model_version(session, city)
-    return RegionIndex.open(
-        session, store.settings.index_dir, mv, kind, IndexOptions(index_type=index_type)
-    )
 
 
 @main.group()
@@ -494,21 +486,13 @@ def index_build(
     store: Store, city: str, model_version: int | None, kind: str, index_type: str, as_json: bool
 ) -> None:
     """Build (or rebuild) the index of a model version's embeddings."""
-    from musecl_store.index import IndexOptions, RegionIndex
-    from musecl_store.search import active_model_version
-
-    with transaction(store.engine()) as session:
-        mv = model_version if model_version is not None else active_model_version(session, city)
-        idx = RegionIndex.build(
-            session, store.settings.index_dir, mv, kind, IndexOptions(index_type=index_type)
-        )
-        status = idx.status()
+    status = store.build_index(city, kind=kind, model_version=model_version, index_type=index_type)
     if as_json:
         emit(status)
     else:
         click.echo(
             f"built {status['index_type']} index of {status['ntotal']} {kind} vectors "
-            f"(model version {mv}) at {status['path']}"
+            f"(model version {status['model_version']}) at {status['path']}"
         )
 
 
@@ -523,8 +507,7 @@ def index_status(
     store: Store, city: str, model_version: int | None, kind: str, as_json: bool
 ) -> None:
     """Open the index, catch it up with the database, and show its stamp."""
-    with transaction(store.engine()) as session:
-        status = _open_index(store, session, city, model_version, kind).status()
+    status = store.index_status(city, kind=kind, model_version=model_version)
     if as_json:
         emit(status)
     else:
@@ -585,48 +568,60 @@ def similar(
 ) -> None:
     """The K regions most similar to REGION_ID (or to the region at --point).
 
-    Similarity is the cosine of the embeddings. With filters the answer is exact: equal to
-    brute force over the regions that pass them. JSON: a list of {"rank", "region_id",
-    "city", "score", "centroid"} (+ "geometry", "attention" when asked).
-    """
-    from musecl_store.search import Filters, Query, parse_polygon
-    from musecl_store.search import similar as find_similar
+    \b
+    score       the cosine of the two regions' embeddings (1 = same direction);
+    percentile  the share, in %, of the other candidate regions (those that pass the
+                filters; at most 10,000 sampled) that are LESS similar to the query:
+                99.5 means only 0.5% of the regions are as close or closer.
 
-    pt = _floats(point, 2, "LON,LAT")
+    With filters the answer is exact: equal to brute force over the regions that pass them.
+    JSON: a list of {"rank", "region_id", "city", "score", "percentile", "centroid"}
+    (+ "geometry", "attention" when asked).
+    """
+    pt = _floats(point, 2, "LON,LAT", "--point")
     if (region_id is None) == (pt is None):
         raise click.UsageError("give a REGION_ID or --point LON,LAT (one of them)")
-    filters = Filters(
-        bbox=_floats(bbox, 4, "MINLON,MINLAT,MAXLON,MAXLAT"),  # type: ignore[arg-type]
-        polygon=parse_polygon(polygon) if polygon else None,
-        near=_floats(near, 3, "LON,LAT,KM"),  # type: ignore[arg-type]
+    hits = store.search(
+        city,
+        region_id,
+        point=pt,  # type: ignore[arg-type]
+        k=k,
+        bbox=_floats(bbox, 4, "MINLON,MINLAT,MAXLON,MAXLAT", "--bbox"),  # type: ignore[arg-type]
+        near=_floats(near, 3, "LON,LAT,KM", "--near"),  # type: ignore[arg-type]
+        polygon=polygon,
         same_city=same_city,
         other_cities=other_cities,
         exclude_adjacent=exclude_adjacent,
+        geometry=geometry,
+        attention=attention,
+        kind=kind,
+        model_version=model_version,
     )
-    with transaction(store.engine()) as session:
-        idx = _open_index(store, session, city, model_version, kind)
-        hits = find_similar(
-            session,
-            idx,
-            Query(city=city, region_id=region_id, point=pt),  # type: ignore[arg-type]
-            k,
-            filters,
-            with_geometry=geometry,
-            with_attention=attention,
-        )
     if as_json:
         emit([h.to_dict() for h in hits])
         return
     if not hits:
         click.echo("no region passes the filters")
-    for h in hits:
-        extra = ""
-        if h.attention:
-            extra = "  " + " ".join(f"{m}={w:.2f}" for m, w in h.attention.items())
-        click.echo(
-            f"{h.rank:>3}  {h.region_id:<20} {h.city:<16} {h.score:.4f}  "
-            f"({h.centroid[0]:.5f}, {h.centroid[1]:.5f}){extra}"
-        )
+        return
+    branches = list(hits[0].attention or {})
+    table(
+        ["rank", "region_id", "city", "score", "percentile", "lon", "lat"]
+        + [f"α {b}" for b in branches],
+        [
+            [
+                h.rank,
+                h.region_id,
+                h.city,
+                f"{h.score:.4f}",
+                "" if h.percentile is None else f"{h.percentile:.1f}",
+                f"{h.centroid[0]:.5f}",
+                f"{h.centroid[1]:.5f}",
+                *(f"{(h.attention or {}).get(b, 0.0):.2f}" for b in branches),
+            ]
+            for h in hits
+        ],
+        "><<>>>>" + ">" * len(branches),
+    )
 
 
 @main.command()
@@ -665,43 +660,22 @@ def features(
     CSV columns: region_id,e0,...,e{d-1} (for --points: lon,lat first; a point in no region
     has an empty region_id and empty values). JSON: a list of {"region_id", "vector"}.
     """
-    import csv as csvmod
-
-    from musecl_store.features import lookup
-
-    pts = None
-    if points:
-        with open(points, newline="", encoding="utf-8-sig") as f:
-            reader = csvmod.DictReader(f)
-            if not reader.fieldnames or not {"lon", "lat"} <= set(reader.fieldnames):
-                raise click.BadParameter(
-                    f"{points} needs lon and lat columns", param_hint="--points"
-                )
-            try:
-                pts = [(float(r["lon"]), float(r["lat"])) for r in reader]
-            except ValueError as exc:
-                raise click.BadParameter(f"{points}: {exc}", param_hint="--points") from exc
+    pts = read_points_csv(points) if points else None
     ids = [r.strip() for r in regions.split(",") if r.strip()] if regions else None
-    with transaction(store.engine()) as session:
-        table = lookup(
-            session, city, kind=kind, model_version=model_version, region_ids=ids, points=pts
-        )
-    frame = table.to_frame()
-    if pts is not None:
-        frame.insert(0, "lat", [p[1] for p in pts])
-        frame.insert(0, "lon", [p[0] for p in pts])
+    frame = store.features(city, ids, points=pts, kind=kind, model_version=model_version)
     if fmt == "csv":
         text = frame.to_csv(index=False, float_format="%.7g")
     else:
+        vectors = frame[[c for c in frame.columns if c.startswith("e")]].to_numpy()
         text = json.dumps(
             [
                 {
                     "region_id": r,
                     "vector": None
-                    if v is None or np.isnan(v).any()
+                    if r is None or np.isnan(v).any()
                     else [round(float(x), 7) for x in v],
                 }
-                for r, v in zip(table.region_ids, table.matrix, strict=True)
+                for r, v in zip(frame["region_id"], vectors, strict=True)
             ]
         )
     if out:
@@ -731,10 +705,7 @@ def embed(store: Store, city: str, model_version: int, as_json: bool) -> None:
     Puts a second city into the space of a model trained on the first: cross-city search
     and indicator transfer need both cities under one model version.
     """
-    from musecl_store.embed import embed_city
-
-    with transaction(store.engine()) as session:
-        result = embed_city(session, city, model_version, show_progress=False if as_json else None)
+    result = store.embed(city, model_version, show_progress=False if as_json else None)
     if as_json:
         emit(result)
     else:
@@ -785,34 +756,22 @@ def regress_fit(
     as_json: bool,
 ) -> None:
     """Fit a regressor of INDICATOR on a city's embeddings and store it."""
-    from musecl_store import regress as R
-
-    with transaction(store.engine()) as session:
-        reg = R.fit(
-            session,
-            city,
-            indicator,
-            model_version=model_version,
-            kind=kind,
-            head=head,
-            log_target=log_target,
-            folds=folds,
-            log=lambda msg: click.echo(msg, err=True),  # stderr: --json stdout stays clean
-        )
-        out = {
-            "regressor": reg.id,
-            "model_version": reg.model_version_id,
-            "kind": reg.kind,
-            "indicator": reg.indicator,
-            "head": reg.head,
-            "metrics": reg.metrics,
-        }
+    out = store.regress(
+        city,
+        indicator,
+        head=head,
+        log_target=log_target,
+        folds=folds,
+        kind=kind,
+        model_version=model_version,
+        log=lambda msg: click.echo(msg, err=True),  # stderr: --json stdout stays clean
+    )
     if as_json:
         emit(out)
     else:
-        m = reg.metrics
+        m = out["metrics"]
         click.echo(
-            f"{reg.id}: {folds}-fold R² {m['r2']:.3f} ± {m['r2_std']:.3f}, RMSE "
+            f"{out['regressor']}: {folds}-fold R² {m['r2']:.3f} ± {m['r2_std']:.3f}, RMSE "
             f"{m['rmse']:.4g}, MAPE {m['mape']:.1f}% (n={m['n']})"
         )
 
@@ -835,10 +794,7 @@ def regress_predict(
     store: Store, regressor_id: str, city: str, all_regions: bool, as_json: bool
 ) -> None:
     """Write predictions of a fitted regressor for a city (any city embedded by its model)."""
-    from musecl_store import regress as R
-
-    with transaction(store.engine()) as session:
-        result = R.predict(session, regressor_id, city, all_regions=all_regions)
+    result = store.predict(regressor_id, city, all_regions=all_regions)
     if as_json:
         emit(result.to_dict())
     else:
@@ -854,27 +810,28 @@ def regress_predict(
 @handle_errors
 def regress_list(store: Store, as_json: bool) -> None:
     """The fitted regressors and their cross-validated metrics."""
-    from sqlalchemy import select
-
-    from musecl_store.tables import Regressor
-
-    with transaction(store.engine()) as session:
-        rows: list[dict[str, Any]] = [
-            {
-                "regressor": r.id,
-                "indicator": r.indicator,
-                "head": r.head,
-                "model_version": r.model_version_id,
-                "kind": r.kind,
-                "metrics": r.metrics,
-            }
-            for r in session.scalars(select(Regressor).order_by(Regressor.id))
-        ]
+    rows = store.regressors()
     if as_json:
         emit(rows)
         return
-    for r in rows:
-        click.echo(f"{r['regressor']}  R² {r['metrics'].get('r2', float('nan')):.3f}")
+    if not rows:
+        click.echo("no regressor yet; `musecl regress fit` makes one")
+        return
+    table(
+        ["regressor", "indicator", "head", "model_version", "kind", "R²"],
+        [
+            [
+                r["regressor"],
+                r["indicator"],
+                r["head"],
+                r["model_version"],
+                r["kind"],
+                f"{r['metrics'].get('r2', float('nan')):.3f}",
+            ]
+            for r in rows
+        ],
+        "<<<><>",
+    )
 
 
 # ------------------------------------------------------------------ census
@@ -909,15 +866,11 @@ def census_join(
     Intersections are measured in an equal-area projection (EPSG:6933) by the database.
     The values become indicators with source census:LAYER.
     """
-    from musecl_store.census import join_layer
 
     def split(v: str | None) -> list[str]:
         return [f.strip() for f in v.split(",") if f.strip()] if v else []
 
-    with transaction(store.engine()) as session:
-        result = join_layer(
-            session, city, layer, extensive=split(extensive), intensive=split(intensive)
-        )
+    result = store.census_join(city, layer, extensive=split(extensive), intensive=split(intensive))
     if as_json:
         emit(result.to_dict())
     else:
@@ -949,10 +902,7 @@ def export(
     store: Store, city: str, fmt: str, out: str, model_version: int | None, kind: str, as_json: bool
 ) -> None:
     """Export a city's embeddings of one kind to CSV, GeoJSON or GeoParquet."""
-    from musecl_store.export import export_city
-
-    with transaction(store.engine()) as session:
-        result = export_city(session, city, out, fmt=fmt, kind=kind, model_version=model_version)
+    result = store.export(city, out, fmt=fmt, kind=kind, model_version=model_version)
     if as_json:
         emit(result.to_dict())
     else:
@@ -967,6 +917,13 @@ def export(
 )
 @click.option("--similar-to", metavar="REGION_ID", help="Colour regions by similarity to this one.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The PNG to write.")
+@click.option(
+    "-k",
+    default=10,
+    show_default=True,
+    type=click.IntRange(0, 1000),
+    help="With --similar-to: outline this many most similar regions.",
+)
 @click.option(
     "--width",
     default=900,
@@ -985,24 +942,25 @@ def map_command(
     prediction: str | None,
     similar_to: str | None,
     out: str,
+    k: int,
     width: int,
     model_version: int | None,
     as_json: bool,
 ) -> None:
-    """Draw a choropleth PNG of an indicator, a prediction or the similarity to a region."""
-    from musecl_store.maps import draw
+    """Draw a choropleth PNG of an indicator, a prediction or the similarity to a region.
 
-    with transaction(store.engine()) as session:
-        result = draw(
-            session,
-            city,
-            out,
-            width=width,
-            indicator=indicator,
-            prediction=prediction,
-            similar_to=similar_to,
-            model_version=model_version,
-        )
+    A similarity map marks the query region (black outline and dot) and outlines its K most
+    similar regions in red; the legend says which is which."""
+    result = store.map(
+        city,
+        out,
+        k=k,
+        width=width,
+        indicator=indicator,
+        prediction=prediction,
+        similar_to=similar_to,
+        model_version=model_version,
+    )
     if as_json:
         emit(result.to_dict())
     else:
@@ -1046,17 +1004,13 @@ def reembed(
     transaction under a new revision, and the FAISS index is updated in place. Prints a drift
     report: how far each region moved and how its top-10 neighbours changed.
     """
-    from musecl_store.reembed import reembed_and_report
-
     if sum([regions is not None, since is not None, all_regions]) > 1:
         raise click.UsageError("use at most one of --regions, --since and --all")
     ids = [r.strip() for r in regions.split(",") if r.strip()] if regions else None
-    out = reembed_and_report(
-        store.engine(),
-        store.settings.index_dir,
+    out = store.reembed(
         city,
         model_version=model_version,
-        region_ids=ids,
+        regions=ids,
         since=since,
         all_regions=all_regions,
         show_progress=False if as_json else None,
@@ -1098,22 +1052,29 @@ def models() -> None:
 @handle_errors
 def models_list(store: Store, city: str | None, as_json: bool) -> None:
     """List model versions with their embeddings and evaluation."""
-    from musecl_store.models import list_models
-
-    with transaction(store.engine()) as session:
-        rows = list_models(session, city)
+    rows = store.models(city)
     if as_json:
         emit(rows)
         return
     if not rows:
         click.echo("no model version yet; `musecl train --city NAME` makes one")
-    for r in rows:
-        star = "*" if r["active"] else " "
-        r2 = "" if r["fused_mean_r2"] is None else f"  fused mean R² {r['fused_mean_r2']:.3f}"
-        click.echo(
-            f"{star} {r['model_version']:>4}  {r['city'] or '-':<16} seed {r['seed']:<4} "
-            f"{r['embeddings']:>8} embeddings  {r['created_at']}{r2}"
-        )
+        return
+    table(
+        ["active", "version", "city", "seed", "embeddings", "fused mean R²", "created"],
+        [
+            [
+                "*" if r["active"] else "",
+                r["model_version"],
+                r["city"] or "-",
+                r["seed"],
+                r["embeddings"],
+                "" if r["fused_mean_r2"] is None else f"{r['fused_mean_r2']:.3f}",
+                r["created_at"],
+            ]
+            for r in rows
+        ],
+        "<><>>><",
+    )
 
 
 @models.command("activate")
@@ -1123,11 +1084,7 @@ def models_list(store: Store, city: str | None, as_json: bool) -> None:
 @handle_errors
 def models_activate(store: Store, version: int, as_json: bool) -> None:
     """Make VERSION the active model of its city."""
-    from musecl_store.models import activate
-
-    with transaction(store.engine()) as session:
-        mv = activate(session, version)
-        out = {"model_version": mv.id, "active": True}
+    out = store.activate_model(version)
     if as_json:
         emit(out)
     else:
@@ -1141,10 +1098,7 @@ def models_activate(store: Store, version: int, as_json: bool) -> None:
 @handle_errors
 def models_delete(store: Store, version: int, as_json: bool) -> None:
     """Delete VERSION, its embeddings, regressors and cached indexes (never the active one)."""
-    from musecl_store.models import delete
-
-    with transaction(store.engine()) as session:
-        out = delete(session, version, store.settings.index_dir)
+    out = store.delete_model(version)
     if as_json:
         emit(out)
     else:
@@ -1161,10 +1115,7 @@ def models_delete(store: Store, version: int, as_json: bool) -> None:
 @handle_errors
 def info(store: Store, city: str, as_json: bool) -> None:
     """Counts of what the store holds for one city, and the store revision."""
-    from musecl_store.summary import city_info
-
-    with transaction(store.engine()) as session:
-        result = city_info(session, city)
+    result = store.info(city)
     if as_json:
         emit(result)
         return
@@ -1193,20 +1144,78 @@ def info(store: Store, city: str, as_json: bool) -> None:
 @handle_errors
 def cities(store: Store, as_json: bool) -> None:
     """List the cities in the store."""
-    from musecl_store.summary import list_cities
-
-    with transaction(store.engine()) as session:
-        rows = list_cities(session)
+    frame = store.cities()
     if as_json:
-        emit(rows)
+        emit(json.loads(frame.to_json(orient="records")))
         return
-    if not rows:
+    if frame.empty:
         click.echo("no city yet; `musecl ingest BUNDLE` adds one")
-    for r in rows:
-        click.echo(
-            f"{r['city']:<24} {r['regions']:>8} regions  revision {r['revision']:<6} "
-            f"{r['crs']}  {r['source']}"
-        )
+        return
+    cols = ["city", "regions", "revision", "crs", "source"]
+    table(cols, frame[cols].values.tolist(), "<>><<")
+
+
+# ---------------------------------------------------------------------------- serve
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option(
+    "--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="TCP port."
+)
+@click.option(
+    "--allow-writes",
+    is_flag=True,
+    help="Enable POST /api/ingest and /api/cities/{city}/reembed (they need --api-key).",
+)
+@click.option(
+    "--api-key",
+    envvar="MUSECL_API_KEY",
+    show_envvar=True,
+    metavar="KEY",
+    help="The key write requests must send in the X-API-Key header.",
+)
+@click.option(
+    "--tiles",
+    metavar="URL",
+    help="XYZ tile URL template for the map background, e.g. "
+    "http://localhost:8080/{z}/{x}/{y}.png (default: a plain background).",
+)
+@click.option(
+    "--bundle-root",
+    type=click.Path(file_okay=False),
+    help="With --allow-writes: POST /api/ingest reads bundles under this folder only "
+    "(default: the working directory).",
+)
+@click.pass_obj
+@handle_errors
+def serve(
+    store: Store,
+    host: str,
+    port: int,
+    allow_writes: bool,
+    api_key: str | None,
+    tiles: str | None,
+    bundle_root: str | None,
+) -> None:
+    """Serve the store over HTTP: a JSON API (OpenAPI spec at /openapi.json, docs at /docs)
+    and a map explorer at /.
+
+    Read-only unless --allow-writes (with --api-key). Every bad request gets a 4xx JSON
+    error {"error", "parameter"}. Stop it with Ctrl-C.
+    """
+    import uvicorn
+
+    from musecl_store.server import create_app
+
+    if allow_writes and not api_key:
+        raise click.UsageError("--allow-writes needs --api-key (or MUSECL_API_KEY)")
+    store.engine()  # fail now, with the reason, if the store cannot be opened
+    app = create_app(
+        store, allow_writes=allow_writes, api_key=api_key, tiles=tiles, bundle_root=bundle_root
+    )
+    click.echo(f"musecl serve: {store.shown_url} on http://{host}:{port}/ (Ctrl-C stops)", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

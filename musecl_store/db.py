@@ -62,6 +62,8 @@ def create_engine(url: str, settings: Settings | None = None, **kwargs: Any) -> 
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "postgresql":
+        kwargs.setdefault("pool_size", 10)
+        kwargs.setdefault("max_overflow", 30)
         return sa.create_engine(parsed, pool_pre_ping=True, **kwargs)
     if backend != "sqlite":
         raise ValueError(
@@ -71,6 +73,11 @@ def create_engine(url: str, settings: Settings | None = None, **kwargs: Any) -> 
     if parsed.database in (None, "", ":memory:"):
         raise ValueError("SpatiaLite needs a file path; in-memory databases are not supported")
     Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    # Connections load SpatiaLite when they open, which is slow: keep enough of them pooled
+    # for a server's threads (opened on demand, so a CLI run still opens one).
+    kwargs.setdefault("pool_size", 40)
+    kwargs.setdefault("max_overflow", 0)
+    kwargs.setdefault("pool_timeout", 120)
     engine = sa.create_engine(parsed, module=_sqlite_dbapi(), **kwargs)
     library = settings.spatialite_library
 

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from musecl_store.embeddings import load_embeddings
 from musecl_store.errors import MuseclError
-from musecl_store.search import active_model_version
+from musecl_store.models import active_model_version
 from musecl_store.summary import get_city
 from musecl_store.tables import Embedding, Region
 

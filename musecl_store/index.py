@@ -15,8 +15,10 @@ or IVF, configurable. When FAISS reports GPUs, exact and IVF indexes search on t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +114,10 @@ class RegionIndex:
     def __init__(self, folder: Path, index: Any, stamp: Stamp, options: IndexOptions):
         self.folder, self.cpu_index, self.stamp, self.options = folder, index, stamp, options
         self._searcher: Any = None
+        self._sample: tuple[np.ndarray, np.ndarray] | None = None
+        self._sample_of: tuple[int, int, int] | None = None
+        self._verified_at: int | None = None  # store revision of the last check
+        self.sample_size = 10_000  # reference regions for a search's percentiles
         self.caught_up = 0  # rows refreshed from the change log on the last open
         self.rebuilt = False
 
@@ -180,16 +186,18 @@ class RegionIndex:
 
     def save(self) -> None:
         """Write atomically: a new folder, then a rename; readers see old or new, never half."""
-        tmp = self.folder.with_name(self.folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        # Own temporary names: two processes saving the same index never touch each other's.
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=self.folder.name + ".tmp-", dir=self.folder.parent))
         faiss.write_index(self.cpu_index, str(tmp / "index.faiss"))
         (tmp / "stamp.json").write_text(json.dumps(asdict(self.stamp), indent=2))
-        old = self.folder.with_name(self.folder.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if self.folder.exists():
-            self.folder.rename(old)
-        tmp.rename(self.folder)
+        old = Path(tempfile.mkdtemp(prefix=self.folder.name + ".old-", dir=self.folder.parent))
+        with contextlib.suppress(FileNotFoundError):  # the first save has nothing to move
+            self.folder.rename(old / "index")
+        try:
+            tmp.rename(self.folder)
+        except OSError:  # another process put its (equally current) index there first
+            shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
         self._searcher = None
 
@@ -225,9 +233,17 @@ class RegionIndex:
         )
 
     def refresh(self, session: Session) -> None:
-        """Bring the index in line with the database: catch up or rebuild."""
+        """Bring the index in line with the database: catch up or rebuild.
+
+        Every write of embeddings commits a new store revision, so when the store revision
+        is the one this index was last checked at, nothing can have changed and the (slower)
+        count of its embeddings is skipped."""
+        at = store_revision(session)
+        if at == self._verified_at:
+            return
         revision, count = _db_state(session, self.stamp.model_version, self.stamp.kind)
         if (revision, count) == (self.stamp.revision, self.stamp.count):
+            self._verified_at = at
             return
         if revision >= self.stamp.revision and self.stamp.index_type in ("flat", "ivf"):
             pks, vecs = _load_rows(
@@ -299,6 +315,22 @@ class RegionIndex:
         if not len(pks):
             return np.zeros((0, self.stamp.dim), np.float32)
         return np.asarray(self.cpu_index.reconstruct_batch(np.asarray(pks, dtype=np.int64)))
+
+    def sample(self, n: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
+        """(pks, normalised vectors) of up to ``n`` indexed regions: all of them when the
+        index holds no more, else a fixed random sample. The reference against which a
+        search score becomes a percentile."""
+        if self._sample is None or self._sample_of != (self.stamp.revision, self.stamp.count, n):
+            pks = faiss.vector_to_array(self.cpu_index.id_map).astype(np.int64)
+            if len(pks) > n:
+                pks = np.sort(np.random.default_rng(0).choice(pks, n, replace=False))
+            try:
+                vecs = self.vectors(pks)
+            except RuntimeError:  # an index that cannot give its vectors back (IVF)
+                pks, vecs = pks[:0], np.zeros((0, self.stamp.dim), np.float32)
+            self._sample = (pks, vecs)
+            self._sample_of = (self.stamp.revision, self.stamp.count, n)
+        return self._sample
 
     def status(self) -> dict[str, Any]:
         return {

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from musecl_store.embeddings import load_embeddings
 from musecl_store.errors import MuseclError
-from musecl_store.search import active_model_version
+from musecl_store.models import active_model_version
 from musecl_store.summary import get_city
 from musecl_store.tables import Indicator, Prediction, Region
 
@@ -61,6 +61,8 @@ class MapResult:
     with_value: int
     vmin: float
     vmax: float
+    query: str | None = None
+    top: list[str] | None = None  # the k most similar regions, outlined (similar_to maps)
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -109,14 +111,37 @@ def values_for(
         raise MapError(f"city {city!r} has no fused embedding for region {similar_to!r}")
     normed = mat / np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-12)
     sims = normed @ normed[ids.index(similar_to)]
-    return f"{city}: similarity to {similar_to}", dict(zip(ids, sims.tolist(), strict=True))
+    return (
+        f"{city}: cosine similarity to region {similar_to} (model version {mv}, fused)",
+        dict(zip(ids, sims.tolist(), strict=True)),
+    )
+
+
+def _font(size: int) -> Any:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the small bitmap font
+        return ImageFont.load_default()
 
 
 def draw(
-    session: Session, city: str, out: str | Path, *, width: int = 900, **source: Any
+    session: Session,
+    city: str,
+    out: str | Path,
+    *,
+    width: int = 900,
+    k: int = 10,
+    **source: Any,
 ) -> MapResult:
-    """Draw the choropleth to ``out`` (PNG). ``source``: see :func:`values_for`."""
+    """Draw the choropleth to ``out`` (PNG). ``source``: see :func:`values_for`. A
+    similarity map marks the query region (black outline and dot) and outlines its ``k``
+    most similar regions in red."""
     title, values = values_for(session, city, **source)
+    query = source.get("similar_to")
+    top: list[str] = []
+    if query is not None:
+        others = sorted(((v, r) for r, v in values.items() if r != query), key=lambda t: -t[0])
+        top = [r for _, r in others[:k]]
     c = get_city(session, city)
     geoms = [
         (rid, to_shape(g))
@@ -129,7 +154,7 @@ def draw(
     maxx = max(g.bounds[2] for _, g in geoms)
     maxy = max(g.bounds[3] for _, g in geoms)
     kx = math.cos(math.radians((miny + maxy) / 2))
-    margin, legend_h, title_h = 20, 50, 30
+    margin, legend_h, title_h = 20, 70 if query else 50, 36
     scale = (width - 2 * margin) / max((maxx - minx) * kx, 1e-12)
     height = int((maxy - miny) * scale) + 2 * margin + legend_h + title_h
     img = Image.new("RGB", (width, height), "white")
@@ -148,8 +173,17 @@ def draw(
             pen.polygon(
                 [px(x, y) for x, y in poly.exterior.coords], fill=fill, outline=(255, 255, 255)
             )
-    font = ImageFont.load_default()
-    pen.text((margin, 8), title, fill="black", font=font)
+    shapes = dict(geoms)
+    for rid, colour_, w in [*((r, (220, 20, 60), 3) for r in top), (query, (0, 0, 0), 4)]:
+        if rid is None or rid not in shapes:
+            continue
+        for poly in getattr(shapes[rid], "geoms", [shapes[rid]]):
+            pen.line([px(x, y) for x, y in poly.exterior.coords], fill=colour_, width=w)
+    if query is not None and query in shapes:
+        cx, cy = px(shapes[query].centroid.x, shapes[query].centroid.y)
+        pen.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], fill=(0, 0, 0))
+    font = _font(13)
+    pen.text((margin, 8), title, fill="black", font=_font(17))
     bar_y = height - legend_h + 10
     bar_w = width - 2 * margin
     for i in range(bar_w):
@@ -158,10 +192,25 @@ def draw(
         )
     pen.text((margin, bar_y + 16), f"{vmin:.4g}", fill="black", font=font)
     label = f"{vmax:.4g}"
-    pen.text((width - margin - 7 * len(label), bar_y + 16), label, fill="black", font=font)
+    right = width - margin - pen.textlength(label, font=font)
+    pen.text((right, bar_y + 16), label, fill="black", font=font)
+    if query is not None:
+        y = bar_y + 36
+        pen.rectangle([margin, y, margin + 14, y + 12], outline=(0, 0, 0), width=3)
+        pen.text((margin + 20, y - 1), f"query region {query}", fill="black", font=font)
+        x = margin + 40 + pen.textlength(f"query region {query}", font=font)
+        pen.rectangle([x, y, x + 14, y + 12], outline=(220, 20, 60), width=3)
+        pen.text((x + 20, y - 1), f"its {len(top)} most similar regions", fill="black", font=font)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     img.save(out, format="PNG")
     return MapResult(
-        str(out), title, len(geoms), sum(1 for r, _ in geoms if r in values), vmin, vmax
+        str(out),
+        title,
+        len(geoms),
+        sum(1 for r, _ in geoms if r in values),
+        vmin,
+        vmax,
+        query,
+        top if query is not None else None,
     )

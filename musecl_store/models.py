@@ -12,11 +12,38 @@ from sqlalchemy.orm import Session
 
 from musecl_store.errors import MuseclError
 from musecl_store.summary import get_city
-from musecl_store.tables import City, Embedding, ModelVersion
+from musecl_store.tables import City, Embedding, ModelVersion, Region
 
 
 class ModelVersionError(MuseclError, ValueError):
     """An unknown model version, or an operation it refuses (deleting the active one)."""
+
+
+def active_model_version(session: Session, city: str) -> int:
+    c = get_city(session, city)
+    mv = session.scalar(
+        select(ModelVersion.id).where(ModelVersion.city_id == c.id, ModelVersion.active.is_(True))
+    )
+    if mv is None:
+        others = sorted(
+            set(
+                session.scalars(
+                    select(Embedding.model_version_id)
+                    .join(Region, Region.id == Embedding.region_pk)
+                    .where(Region.city_id == c.id)
+                    .distinct()
+                )
+            )
+        )
+        if others:
+            raise ModelVersionError(
+                f"city {city!r} has no model of its own; pass --model-version "
+                f"(it has embeddings of version(s) {', '.join(map(str, others))})"
+            )
+        raise ModelVersionError(
+            f"city {city!r} has no trained model; run `musecl train --city {city}`"
+        )
+    return int(mv)
 
 
 def _get(session: Session, version: int) -> ModelVersion:

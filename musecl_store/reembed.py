@@ -41,10 +41,10 @@ from musecl_store.embed import (
     write_region_embeddings,
 )
 from musecl_store.errors import MuseclError
+from musecl_store.models import active_model_version
 from musecl_store.nn.fusion import VISUAL
 from musecl_store.nn.model import MuseclNet
 from musecl_store.nn.text import TextEncoder
-from musecl_store.search import active_model_version
 from musecl_store.tables import Embedding, ModelVersion, Region, RegionChange, Revision
 
 EMBEDDED = ("remote", "street", "poi", "mobility")

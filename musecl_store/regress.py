@@ -21,8 +21,8 @@ from musecl_store.bundle import digest
 from musecl_store.embeddings import load_embeddings
 from musecl_store.errors import MuseclError
 from musecl_store.evaluation import EvalConfig, MLPFit, holdout_masks, score, train_mlps
+from musecl_store.models import active_model_version
 from musecl_store.regression import ridge_fit_auto
-from musecl_store.search import active_model_version
 from musecl_store.summary import get_city
 from musecl_store.tables import Indicator, Prediction, Region, Regressor, Revision
 
@@ -205,3 +205,33 @@ def predict(
     )
     session.flush()
     return PredictSummary(reg.id, city, reg.indicator, len(rows), rev.id)
+
+
+def describe(reg: Regressor) -> dict[str, Any]:
+    """A regressor as a plain dict: id, model version, kind, indicator, head, CV metrics."""
+    return {
+        "regressor": reg.id,
+        "model_version": reg.model_version_id,
+        "kind": reg.kind,
+        "indicator": reg.indicator,
+        "head": reg.head,
+        "metrics": reg.metrics,
+    }
+
+
+def list_regressors(session: Session) -> list[dict[str, Any]]:
+    """Every fitted regressor, by id."""
+    return [describe(r) for r in session.scalars(select(Regressor).order_by(Regressor.id))]
+
+
+def predicted(session: Session, city: str) -> list[dict[str, Any]]:
+    """The (regressor, indicator) pairs that have predictions for the city's regions."""
+    c = get_city(session, city)
+    rows = session.execute(
+        select(Prediction.regressor, Prediction.indicator)
+        .join(Region, Region.id == Prediction.region_pk)
+        .where(Region.city_id == c.id)
+        .distinct()
+        .order_by(Prediction.regressor)
+    ).all()
+    return [{"regressor": r, "indicator": i} for r, i in rows]

@@ -29,7 +29,7 @@ from musecl_store import dialect
 from musecl_store.errors import MuseclError
 from musecl_store.index import RegionIndex
 from musecl_store.summary import get_city
-from musecl_store.tables import City, Embedding, ModelVersion, Region
+from musecl_store.tables import City, Embedding, Region
 
 _GEOD = Geod(ellps="WGS84")
 
@@ -93,6 +93,7 @@ class Hit:
     centroid: tuple[float, float]
     geometry: dict[str, Any] | None = None
     attention: dict[str, float] | None = None
+    percentile: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -100,6 +101,7 @@ class Hit:
             "region_id": self.region_id,
             "city": self.city,
             "score": round(self.score, 6),
+            "percentile": self.percentile,
             "centroid": [round(c, 7) for c in self.centroid],
         }
         if self.geometry is not None:
@@ -118,31 +120,6 @@ class Query:
     vector: np.ndarray | None = None
     point: tuple[float, float] | None = None
     _pk: int | None = field(default=None, repr=False)
-
-
-def active_model_version(session: Session, city: str) -> int:
-    c = get_city(session, city)
-    mv = session.scalar(
-        select(ModelVersion.id).where(ModelVersion.city_id == c.id, ModelVersion.active.is_(True))
-    )
-    if mv is None:
-        others = sorted(
-            set(
-                session.scalars(
-                    select(Embedding.model_version_id)
-                    .join(Region, Region.id == Embedding.region_pk)
-                    .where(Region.city_id == c.id)
-                    .distinct()
-                )
-            )
-        )
-        if others:
-            raise SearchError(
-                f"city {city!r} has no model of its own; pass --model-version "
-                f"(it has embeddings of version(s) {', '.join(map(str, others))})"
-            )
-        raise SearchError(f"city {city!r} has no trained model; run `musecl train --city {city}`")
-    return int(mv)
 
 
 def region_at(session: Session, lon: float, lat: float, city: str | None = None) -> tuple[int, str]:
@@ -266,7 +243,16 @@ def similar(
             ) from exc
     else:
         assert query.vector is not None
-        vec = np.asarray(query.vector, dtype=np.float32).reshape(-1)
+        raw = np.asarray(query.vector, dtype=np.float64).reshape(-1)
+        if raw.shape[0] != index.stamp.dim:
+            raise SearchError(
+                f"the query vector has {raw.shape[0]} values; the {kind} vectors of model "
+                f"version {mv} have {index.stamp.dim}"
+            )
+        big = float(np.finfo(np.float32).max)
+        if not np.isfinite(raw).all() or np.abs(raw).max() > big or not np.any(raw):
+            raise SearchError("the query vector must be finite float32 values, not all zeros")
+        vec = raw.astype(np.float32)
         if filters.same_city or filters.other_cities:
             if query.city is None:
                 raise SearchError("same/other-city filters need --city for a vector query")
@@ -288,6 +274,8 @@ def similar(
         scores = index.vectors(pks) @ q
         order = np.lexsort((pks, -scores))[:k]
         ranked = list(zip(pks[order].tolist(), scores[order].tolist(), strict=True))
+        reference = scores  # every candidate that passes the filters
+        members = set(pks.tolist())
     else:
         allowed_set = None if allowed is None else set(allowed.tolist())
         ranked = []
@@ -306,7 +294,30 @@ def similar(
                 break
             fetch *= 4
         ranked = ranked[:k]
-    return _hits(session, ranked, mv, with_geometry, with_attention)
+        sample_pks, sample_vecs = index.sample(index.sample_size)
+        keep = ~np.isin(sample_pks, np.fromiter(excluded, np.int64, len(excluded)))
+        if allowed is not None:
+            keep &= np.isin(sample_pks, allowed)
+        q = vec / max(float(np.linalg.norm(vec)), 1e-12)
+        reference = sample_vecs[keep] @ q
+        members = set(sample_pks[keep].tolist())
+    hits = _hits(session, ranked, mv, with_geometry, with_attention)
+    _percentiles(hits, ranked, np.asarray(reference, dtype=np.float64), members)
+    return hits
+
+
+def _percentiles(
+    hits: list[Hit], ranked: list[tuple[int, float]], reference: np.ndarray, members: set[int]
+) -> None:
+    """Each hit's share (%) of the other reference regions that are less similar to the
+    query; left None when fewer than 10 reference regions would make it meaningless."""
+    reference = np.sort(reference)
+    for h, (pk, _) in zip(hits, ranked, strict=True):
+        others = len(reference) - (1 if pk in members else 0)  # the hit itself does not count
+        if others < 10:
+            continue
+        below = int(np.searchsorted(reference, h.score - 1e-6, side="left"))
+        h.percentile = round(min(100.0, 100.0 * below / others), 1)
 
 
 def _hits(

@@ -75,6 +75,11 @@ def test_maps(engine2, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     assert img.size[0] == 400 and img.format == "PNG"
     colours = {c for _, c in img.convert("RGB").getcolors(maxcolors=100000)}
     assert len(colours) > 20  # a real choropleth, not a blank canvas
+    # the query region is marked and its k most similar are outlined in red
+    assert b.query == ids[0] and b.top is not None and len(b.top) == 10
+    assert ids[0] not in b.top and a.top is None
+    counts = dict((c, n) for n, c in img.convert("RGB").getcolors(maxcolors=100000))
+    assert counts.get((220, 20, 60), 0) > 100 and counts.get((0, 0, 0), 0) > 50
 
 
 def test_ogrinfo_reads_the_regions_layer_from_postgis(backend, trained: str) -> None:  # type: ignore[no-untyped-def]

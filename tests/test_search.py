@@ -200,8 +200,9 @@ def test_cli_similar_features_and_index(backend, trained: str, tmp_path: Path, m
     assert out.exit_code == 0, out.output
     rows = json.loads(out.stdout)
     assert [r["rank"] for r in rows] == [1, 2, 3, 4]
-    assert set(rows[0]) == {"rank", "region_id", "city", "score", "centroid"}
+    assert set(rows[0]) == {"rank", "region_id", "city", "score", "percentile", "centroid"}
     assert rows[0]["score"] >= rows[-1]["score"]
+    assert 100 >= rows[0]["percentile"] >= rows[-1]["percentile"] >= 0
     bad = runner.invoke(
         main, ["--db", trained, "similar", "--city", "demo-3", ids[0], "--bbox", "1,2,3"]
     )

@@ -1,0 +1,833 @@
+"""The public Python API: open a store, then call the verbs people think in.
+
+>>> import musecl_store
+>>> with musecl_store.open("musecl.sqlite") as store:          # doctest: +SKIP
+...     hits = store.similar("demo-0", "8844c0a301fffff", k=5)
+
+Every front end (the ``musecl`` CLI, the HTTP server) goes through this :class:`Store`; the
+library modules underneath (``search``, ``features``, ``regress`` ...) take a SQLAlchemy
+session and stay usable on their own. Reads and writes each run in their own short
+transaction: a method that raises has written nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session
+
+from musecl_store import schema
+from musecl_store.db import create_engine, resolve_url, transaction
+from musecl_store.errors import MuseclError
+from musecl_store.settings import Settings
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from shapely.geometry.base import BaseGeometry
+
+    from musecl_store.census import CensusJoin
+    from musecl_store.export import Exported
+    from musecl_store.ingest import IngestSummary
+    from musecl_store.maps import MapResult
+    from musecl_store.regress import PredictSummary
+    from musecl_store.search import Hit
+    from training.trainer import TrainResult
+
+KINDS = ("fused", "remote", "street", "poi")
+
+
+class StoreNotFoundError(MuseclError, FileNotFoundError):
+    """A SpatiaLite path with no file behind it, opened by a command that only reads."""
+
+
+class InputError(MuseclError, ValueError):
+    """A user-supplied file or value that cannot be read (the message names file and line)."""
+
+
+def open(
+    db: str | Path | None = None, *, index_dir: str | Path | None = None, create: bool = False
+) -> Store:
+    """Open the store at ``db``: a SpatiaLite file path or a ``postgresql+psycopg://`` URL.
+
+    Without ``db``: ``MUSECL_DATABASE_URL``, else ``./musecl.sqlite``. A SpatiaLite file that
+    does not exist is an error unless ``create`` is true or the call is :meth:`Store.ingest`
+    (or :meth:`Store.init`), so that a typo never makes an empty store.
+    """
+    settings = Settings.from_env()
+    if index_dir is not None:
+        settings = Settings(**{**asdict(settings), "index_dir": Path(index_dir)})
+    return Store(resolve_url(None if db is None else str(db), settings), settings, create=create)
+
+
+def read_points_csv(path: str | Path) -> list[tuple[float, float]]:
+    """The ``lon,lat`` points of a CSV file (other columns are ignored).
+
+    Raises:
+        InputError: a missing file or column, a short row or a bad number, naming the line.
+    """
+    from musecl_store.geo import lonlat_ok
+
+    path = Path(path)
+    try:
+        fh = path.open(newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    points = []
+    with fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"lon", "lat"} <= set(reader.fieldnames):
+            raise InputError(f"{path}: needs lon and lat columns (found {reader.fieldnames})")
+        for row in reader:
+            line = reader.line_num
+            lon, lat = row.get("lon"), row.get("lat")
+            if lon is None or lat is None:
+                raise InputError(f"{path}:{line}: the row has no lon or lat field")
+            try:
+                x, y = float(lon), float(lat)
+            except ValueError as exc:
+                raise InputError(f"{path}:{line}: lon/lat must be numbers ({exc})") from exc
+            if not lonlat_ok(np.array([x]), np.array([y]))[0]:
+                raise InputError(f"{path}:{line}: ({x}, {y}) is not a lon/lat point")
+            points.append((x, y))
+    return points
+
+
+class Store:
+    """One musecl store (a SpatiaLite file or a PostGIS database) and its FAISS cache.
+
+    A context manager: ``with musecl_store.open(...) as store:`` closes its connections.
+    """
+
+    def __init__(self, url: str, settings: Settings | None = None, *, create: bool = False):
+        self.url = url
+        self.settings = settings or Settings.from_env()
+        self.create = create
+        self._engine: Engine | None = None
+        # Open FAISS indexes, kept between calls (each search still checks it against the
+        # database); one lock per index: a catch-up must not run beside a search.
+        self._indexes: dict[tuple[int, str, str], list[Any]] = {}  # [index or None, lock]
+        self._indexes_lock = threading.Lock()
+        self._engine_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.shown_url!r})"
+
+    def close(self) -> None:
+        """Release the database connections (the store stays usable: it reopens on use)."""
+        with self._engine_lock:
+            if self._engine is not None:
+                self._engine.dispose()
+                self._engine = None
+        with self._indexes_lock:
+            self._indexes.clear()
+
+    @property
+    def shown_url(self) -> str:
+        """The URL with any password hidden."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    @property
+    def index_dir(self) -> Path:
+        return Path(self.settings.index_dir)
+
+    def engine(self, *, create: bool = False) -> Engine:
+        """The SQLAlchemy engine, schema checked; ``create`` (or ``open(create=True)``) makes
+        a missing SpatiaLite file and an empty database's schema.
+
+        Raises:
+            StoreNotFoundError: a SpatiaLite file that does not exist, opened to read.
+            SchemaError: a database at another schema revision (run ``musecl db init``).
+        """
+        with self._engine_lock:
+            if self._engine is None:
+                if not (create or self.create):
+                    self._must_exist()
+                engine = create_engine(self.url, self.settings)
+                try:
+                    schema.ensure_schema(engine, create=create or self.create)
+                except BaseException:
+                    engine.dispose()
+                    raise
+                self._engine = engine
+            return self._engine
+
+    def _must_exist(self) -> None:
+        url = make_url(self.url)
+        if url.get_backend_name() == "sqlite":
+            path = Path(url.database or "")
+            if not path.is_file():
+                raise StoreNotFoundError(
+                    f"no store at {path} (the file does not exist); check --db, or create "
+                    "one with `musecl ingest BUNDLE` or `musecl db init`"
+                )
+
+    @contextmanager
+    def session(self, *, create: bool = False) -> Iterator[Session]:
+        """A session in one transaction: committed when the block succeeds."""
+        with transaction(self.engine(create=create)) as s:
+            yield s
+
+    # ------------------------------------------------------------------ schema
+
+    def init(self) -> dict[str, Any]:
+        """Create or upgrade the schema to the newest migration (safe to run again)."""
+        engine = create_engine(self.url, self.settings)
+        try:
+            before = schema.current_revision(engine)
+            schema.upgrade(engine)
+            after = schema.current_revision(engine)
+        finally:
+            engine.dispose()
+        return {
+            "database": self.shown_url,
+            "dialect": engine.dialect.name,
+            "from": before,
+            "to": after,
+        }
+
+    def status(self) -> dict[str, Any]:
+        """The database, its schema revision and the revision this code expects."""
+        if not self.create:
+            self._must_exist()
+        engine = self._engine or create_engine(self.url, self.settings)
+        try:
+            current, head = schema.current_revision(engine), schema.head_revision()
+        finally:
+            if engine is not self._engine:
+                engine.dispose()
+        return {
+            "database": self.shown_url,
+            "dialect": engine.dialect.name,
+            "current": current,
+            "head": head,
+            "up_to_date": current == head,
+        }
+
+    # ------------------------------------------------------------------ what is there
+
+    def cities(self) -> pd.DataFrame:
+        """One row per city: city, regions, revision, crs, h3_resolution, source,
+        updated_at."""
+        import pandas as pd
+
+        from musecl_store.summary import list_cities
+
+        with self.session() as s:
+            rows = list_cities(s)
+        cols = ["city", "regions", "revision", "crs", "h3_resolution", "source", "updated_at"]
+        return pd.DataFrame(rows, columns=cols).astype({"h3_resolution": "Int64"})
+
+    def info(self, city: str) -> dict[str, Any]:
+        """Counts of everything the store holds for one city, and the store revision."""
+        from musecl_store.summary import city_info
+
+        with self.session() as s:
+            return city_info(s, city)
+
+    def regions(
+        self,
+        city: str,
+        ids: Sequence[str] | None = None,
+        *,
+        indicators: bool = False,
+        predictions: bool = False,
+    ) -> Any:
+        """The city's regions (or those of ``ids``) as a GeoDataFrame (EPSG:4326), ordered by
+        ``region_id``.
+
+        Columns: region_id, h3_cell, lon, lat (centroid), area_km2, geometry; with
+        ``indicators`` one column per indicator (``indicator:<name>`` for a name that is
+        already a column), with ``predictions`` one column ``predicted:<indicator>`` per
+        predicted indicator (the newest regressor's).
+        """
+        import geopandas as gpd
+        import pandas as pd
+        from geoalchemy2.shape import to_shape
+
+        from musecl_store.geo import area_km2
+        from musecl_store.summary import get_city
+        from musecl_store.tables import Indicator, Prediction, Region
+
+        with self.session() as s:
+            c = get_city(s, city)
+            rows = s.execute(
+                select(
+                    Region.id,
+                    Region.region_id,
+                    Region.h3_cell,
+                    func.ST_X(Region.centroid),
+                    func.ST_Y(Region.centroid),
+                    Region.geom,
+                )
+                .where(
+                    Region.city_id == c.id,
+                    *([] if ids is None else [Region.region_id.in_(list(ids))]),
+                )
+                .order_by(Region.region_id)
+            ).all()
+            geoms = [to_shape(r[5]) for r in rows]
+            frame = pd.DataFrame(
+                {
+                    "region_id": [r[1] for r in rows],
+                    "h3_cell": [r[2] for r in rows],
+                    "lon": [float(r[3]) for r in rows],
+                    "lat": [float(r[4]) for r in rows],
+                    "area_km2": [round(area_km2(g), 6) for g in geoms],
+                }
+            )
+            pk_row = {r[0]: i for i, r in enumerate(rows)}
+            if indicators:
+                values = s.execute(
+                    select(Indicator.region_pk, Indicator.name, Indicator.value)
+                    .join(Region, Region.id == Indicator.region_pk)
+                    .where(Region.city_id == c.id)
+                ).all()
+                taken = {*frame.columns, "geometry"}
+                column = {n: f"indicator:{n}" if n in taken else n for n in {v[1] for v in values}}
+                for name in sorted(column):
+                    frame[column[name]] = np.nan
+                for pk, name, value in values:
+                    if pk in pk_row:
+                        frame.at[pk_row[pk], column[name]] = value
+            if predictions:
+                preds = s.execute(
+                    select(Prediction.region_pk, Prediction.indicator, Prediction.value)
+                    .join(Region, Region.id == Prediction.region_pk)
+                    .where(Region.city_id == c.id)
+                    .order_by(Prediction.id)
+                ).all()
+                for pk, name, value in preds:  # newest last: it wins
+                    col = f"predicted:{name}"
+                    if col not in frame:
+                        frame[col] = np.nan
+                    if pk in pk_row:
+                        frame.at[pk_row[pk], col] = value
+        return gpd.GeoDataFrame(frame, geometry=geoms, crs="EPSG:4326")
+
+    def active_model_version(self, city: str) -> int:
+        """The city's active model version (the one searches use by default)."""
+        from musecl_store.models import active_model_version
+
+        with self.session() as s:
+            return active_model_version(s, city)
+
+    def models(self, city: str | None = None) -> list[dict[str, Any]]:
+        """Model versions (of one city, when given) with embedding counts and mean R²."""
+        from musecl_store.models import list_models
+
+        with self.session() as s:
+            return list_models(s, city)
+
+    def activate_model(self, version: int) -> dict[str, Any]:
+        """Make a model version the active one of its city."""
+        from musecl_store.models import activate
+
+        with self.session() as s:
+            mv = activate(s, version)
+            return {"model_version": mv.id, "active": True}
+
+    def delete_model(self, version: int) -> dict[str, Any]:
+        """Delete a model version with its embeddings, regressors and cached indexes."""
+        from musecl_store.models import delete
+
+        self._forget(version)
+        with self.session() as s:
+            out = delete(s, version, self.index_dir)
+        self._forget(version)
+        return out
+
+    # ------------------------------------------------------------------ index, search
+
+    def _model(self, s: Session, city: str, model_version: int | None) -> int:
+        from musecl_store.models import active_model_version
+
+        return model_version if model_version is not None else active_model_version(s, city)
+
+    @contextmanager
+    def _indexed(
+        self, city: str, model_version: int | None, kind: str, index_type: str = "auto"
+    ) -> Iterator[tuple[Session, Any]]:
+        """(session, open index) of a model version and kind, the index held under its lock.
+
+        The session starts after the lock is taken, so it never reads an older state of the
+        store than the one an earlier holder brought the index up to."""
+        from musecl_store.index import IndexOptions, RegionIndex
+        from musecl_store.tables import ModelVersion
+
+        with self.session() as s:
+            mv = self._model(s, city, model_version)
+            if s.get(ModelVersion, mv) is None:
+                raise InputError(f"model version {mv} does not exist")
+        key = (mv, kind, index_type)
+        with self._indexes_lock:
+            entry = self._indexes.setdefault(key, [None, threading.Lock()])
+        with entry[1], self.session() as s:
+            if entry[0] is None:
+                entry[0] = RegionIndex.open(
+                    s, self.index_dir, mv, kind, IndexOptions(index_type=index_type)
+                )
+            yield s, entry[0]
+
+    def _forget(self, model_version: int, kind: str | None = None) -> None:
+        """Drop cached indexes of a model version (and kind): rebuilt, re-embedded, deleted."""
+        with self._indexes_lock:
+            entries = [
+                e
+                for k, e in self._indexes.items()
+                if k[0] == model_version and kind in (None, k[1])
+            ]
+        for entry in entries:
+            with entry[1]:
+                entry[0] = None
+
+    def build_index(
+        self,
+        city: str,
+        *,
+        kind: str = "fused",
+        model_version: int | None = None,
+        index_type: str = "auto",
+    ) -> dict[str, Any]:
+        """Build (or rebuild) the FAISS index of a model version's embeddings of one kind."""
+        from musecl_store.index import IndexOptions, RegionIndex
+
+        with self.session() as s:
+            mv = self._model(s, city, model_version)
+        key = (mv, kind, "auto")
+        with self._indexes_lock:
+            entry = self._indexes.setdefault(key, [None, threading.Lock()])
+        with entry[1], self.session() as s:  # no search of this kind runs meanwhile
+            idx = RegionIndex.build(s, self.index_dir, mv, kind, IndexOptions(index_type))
+            status = idx.status()
+        self._forget(mv, kind)  # the next search opens the new one
+        return status
+
+    def index_status(
+        self, city: str, *, kind: str = "fused", model_version: int | None = None
+    ) -> dict[str, Any]:
+        """Open the index, catch it up with the database, and return its stamp."""
+        with self._indexed(city, model_version, kind) as (s, idx):
+            idx.refresh(s)
+            return dict(idx.status())
+
+    def search(
+        self,
+        city: str,
+        region: str | None = None,
+        *,
+        point: tuple[float, float] | None = None,
+        vector: Sequence[float] | np.ndarray | None = None,
+        k: int = 10,
+        bbox: tuple[float, float, float, float] | None = None,
+        near: tuple[float, float, float] | None = None,
+        polygon: str | BaseGeometry | None = None,
+        same_city: bool = False,
+        other_cities: bool = False,
+        exclude_adjacent: bool = False,
+        geometry: bool = False,
+        attention: bool = False,
+        kind: str = "fused",
+        model_version: int | None = None,
+    ) -> list[Hit]:
+        """Like :meth:`similar`, as a list of :class:`~musecl_store.search.Hit` records."""
+        from musecl_store.search import Filters, Query, parse_polygon, similar
+
+        if isinstance(polygon, str):
+            polygon = parse_polygon(polygon)
+        filters = Filters(
+            bbox=None if bbox is None else tuple(bbox),  # type: ignore[arg-type]
+            polygon=polygon,
+            near=None if near is None else tuple(near),  # type: ignore[arg-type]
+            same_city=same_city,
+            other_cities=other_cities,
+            exclude_adjacent=exclude_adjacent,
+        )
+        query = Query(
+            city=city,
+            region_id=region,
+            point=None if point is None else (float(point[0]), float(point[1])),
+            vector=None if vector is None else np.asarray(vector, dtype=np.float64),
+        )
+        with self._indexed(city, model_version, kind) as (s, idx):
+            return similar(
+                s, idx, query, k, filters, with_geometry=geometry, with_attention=attention
+            )
+
+    def similar(
+        self,
+        city: str,
+        region: str | None = None,
+        *,
+        point: tuple[float, float] | None = None,
+        vector: Sequence[float] | np.ndarray | None = None,
+        k: int = 10,
+        bbox: tuple[float, float, float, float] | None = None,
+        near: tuple[float, float, float] | None = None,
+        polygon: str | BaseGeometry | None = None,
+        same_city: bool = False,
+        other_cities: bool = False,
+        exclude_adjacent: bool = False,
+        geometry: bool = False,
+        attention: bool = False,
+        kind: str = "fused",
+        model_version: int | None = None,
+    ) -> pd.DataFrame:
+        """The ``k`` regions most similar to a region of ``city`` (by id), to the region at a
+        lon/lat ``point``, or to a ``vector``; best first. Exact under the filters.
+
+        Columns: rank, region_id, city, score (the cosine of the embeddings), percentile (the
+        share, in %, of the other candidate regions less similar to the query), lon, lat;
+        ``attention:<branch>`` columns with ``attention``; a GeoDataFrame with ``geometry``.
+        Filters: ``bbox`` (minlon, minlat, maxlon, maxlat), ``near`` (lon, lat, km),
+        ``polygon`` (WKT, GeoJSON or shapely), ``same_city``, ``other_cities``,
+        ``exclude_adjacent``.
+        """
+        import pandas as pd
+
+        hits = self.search(
+            city,
+            region,
+            point=point,
+            vector=vector,
+            k=k,
+            bbox=bbox,
+            near=near,
+            polygon=polygon,
+            same_city=same_city,
+            other_cities=other_cities,
+            exclude_adjacent=exclude_adjacent,
+            geometry=geometry,
+            attention=attention,
+            kind=kind,
+            model_version=model_version,
+        )
+        rows = []
+        for h in hits:
+            row: dict[str, Any] = {
+                "rank": h.rank,
+                "region_id": h.region_id,
+                "city": h.city,
+                "score": h.score,
+                "percentile": h.percentile,
+                "lon": h.centroid[0],
+                "lat": h.centroid[1],
+            }
+            for branch, w in (h.attention or {}).items():
+                row[f"attention:{branch}"] = w
+            rows.append(row)
+        cols = ["rank", "region_id", "city", "score", "percentile", "lon", "lat"]
+        frame = pd.DataFrame(rows, columns=cols if not rows else None)
+        if not geometry:
+            return frame
+        import geopandas as gpd
+        import shapely.geometry
+
+        return gpd.GeoDataFrame(
+            frame, geometry=[shapely.geometry.shape(h.geometry) for h in hits], crs="EPSG:4326"
+        )
+
+    def features(
+        self,
+        city: str,
+        ids: Sequence[str] | None = None,
+        *,
+        points: Sequence[tuple[float, float]] | None = None,
+        kind: str = "fused",
+        model_version: int | None = None,
+    ) -> pd.DataFrame:
+        """Embeddings for downstream models, in one bulk read: ``region_id, e0 .. e{d-1}``
+        for the given region ids (default: every region), or ``lon, lat, region_id, e0 ..``
+        for the region containing each point (NaN and no id for a point in no region)."""
+        from musecl_store.features import lookup
+
+        with self.session() as s:
+            table = lookup(
+                s,
+                city,
+                kind=kind,
+                model_version=model_version,
+                region_ids=None if ids is None else list(ids),
+                points=None if points is None else list(points),
+            )
+        frame = table.to_frame()
+        if points is not None:
+            frame.insert(0, "lat", [float(p[1]) for p in points])
+            frame.insert(0, "lon", [float(p[0]) for p in points])
+        return frame
+
+    # ------------------------------------------------------------------ learning
+
+    def evaluate(
+        self,
+        city: str,
+        *,
+        model_version: int | None = None,
+        indicators: Sequence[str] | None = None,
+        log_target: bool = False,
+        folds: int = 5,
+        seed: int = 0,
+        show_progress: bool | None = None,
+    ) -> pd.DataFrame:
+        """The paper's table: R², RMSE and MAPE of every embedding (row) on every indicator,
+        by k-fold CV with the MLP and ridge heads; one row per (indicator, embedding, head).
+        Saved into the model version's metrics."""
+        import pandas as pd
+
+        from musecl_store.evaluation import EvalConfig, evaluate_city
+
+        cfg = EvalConfig(folds=folds, seed=seed, log_target=log_target)
+        with self.session() as s:
+            records = evaluate_city(
+                s,
+                city,
+                model_version=model_version,
+                indicators=list(indicators) if indicators else None,
+                cfg=cfg,
+                show_progress=show_progress,
+            )
+        return pd.DataFrame.from_records(records)
+
+    def regress(
+        self,
+        city: str,
+        indicator: str,
+        *,
+        head: str = "mlp",
+        log_target: bool = False,
+        folds: int = 5,
+        kind: str = "fused",
+        model_version: int | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Fit a regressor of ``indicator`` on the city's embeddings, with cross-validated
+        metrics, and store it. Returns {regressor, model_version, kind, indicator, head,
+        metrics}; pass the regressor id to :meth:`predict`."""
+        from musecl_store import regress as R
+
+        with self.session() as s:
+            reg = R.fit(
+                s,
+                city,
+                indicator,
+                model_version=model_version,
+                kind=kind,
+                head=head,
+                log_target=log_target,
+                folds=folds,
+                log=log,
+            )
+            return R.describe(reg)
+
+    def predict(self, regressor: str, city: str, *, all_regions: bool = False) -> PredictSummary:
+        """Write a fitted regressor's predictions for the city's regions that lack the
+        indicator (or all of them), with provenance."""
+        from musecl_store import regress as R
+
+        with self.session() as s:
+            return R.predict(s, regressor, city, all_regions=all_regions)
+
+    def regressors(self) -> list[dict[str, Any]]:
+        """The fitted regressors and their cross-validated metrics."""
+        from musecl_store import regress as R
+
+        with self.session() as s:
+            return R.list_regressors(s)
+
+    def predicted(self, city: str) -> list[dict[str, Any]]:
+        """The (regressor, indicator) pairs with predictions for the city's regions."""
+        from musecl_store import regress as R
+
+        with self.session() as s:
+            return R.predicted(s, city)
+
+    def map_values(
+        self,
+        city: str,
+        *,
+        indicator: str | None = None,
+        prediction: str | None = None,
+        similar_to: str | None = None,
+        model_version: int | None = None,
+    ) -> dict[str, float]:
+        """region_id -> value of exactly one of an indicator, a regressor's predictions or
+        the cosine similarity to a region: what a choropleth shows."""
+        from musecl_store.maps import values_for
+
+        with self.session() as s:
+            return values_for(
+                s,
+                city,
+                indicator=indicator,
+                prediction=prediction,
+                similar_to=similar_to,
+                model_version=model_version,
+            )[1]
+
+    # ------------------------------------------------------------------ writing
+
+    def ingest(
+        self, bundle: str | Path, *, check: bool = False, show_progress: bool | None = None
+    ) -> IngestSummary:
+        """Ingest a city bundle (see docs/city-bundle.md); ``check`` validates and diffs
+        without writing. All or nothing."""
+        from musecl_store.ingest import ingest_bundle
+
+        with self.session(create=True) as s:
+            summary = ingest_bundle(s, bundle, show_progress=show_progress)
+            if check:
+                s.rollback()
+        return summary
+
+    def train(
+        self,
+        city: str,
+        config: dict[str, Any] | str | Path | None = None,
+        *,
+        resume: bool = True,
+        device: str = "auto",
+        show_progress: bool | None = None,
+        log: Callable[[str], None] | None = None,
+        **overrides: Any,
+    ) -> TrainResult:
+        """Train MuseCL on a city and store every region's embeddings as a new active model
+        version. ``config``: a dict or a JSON file of training settings
+        (``training/config.py``); keyword overrides win over it."""
+        from training.config import TrainConfig
+        from training.trainer import train_city
+
+        if isinstance(config, str | Path):
+            cfg = TrainConfig.from_file(config, **overrides)
+        else:
+            cfg = TrainConfig.from_dict({**(config or {}), **overrides})
+        return train_city(
+            self.engine(),
+            city,
+            cfg,
+            resume=resume,
+            device=device,
+            show_progress=show_progress,
+            log=log or (lambda msg: None),
+        )
+
+    def embed(
+        self, city: str, model_version: int, *, show_progress: bool | None = None
+    ) -> dict[str, Any]:
+        """Embed every region of a city with an existing (frozen) model version."""
+        from musecl_store.embed import embed_city
+
+        with self.session() as s:
+            return embed_city(s, city, model_version, show_progress=show_progress)
+
+    def reembed(
+        self,
+        city: str,
+        *,
+        regions: Sequence[str] | None = None,
+        since: int | None = None,
+        all_regions: bool = False,
+        model_version: int | None = None,
+        show_progress: bool | None = None,
+    ) -> dict[str, Any]:
+        """Recompute the embeddings of changed regions (or the given ones, or all) with the
+        frozen model, update the index in place, and report the drift."""
+        from musecl_store.reembed import reembed_and_report
+
+        if sum([regions is not None, since is not None, all_regions]) > 1:
+            raise InputError("use at most one of regions, since and all_regions")
+        out = reembed_and_report(
+            self.engine(),
+            self.index_dir,
+            city,
+            model_version=model_version,
+            region_ids=None if regions is None else list(regions),
+            since=since,
+            all_regions=all_regions,
+            show_progress=show_progress,
+        )
+        self._forget(out["model_version"])  # searches reopen what reembed updated on disk
+        return out
+
+    def census_join(
+        self,
+        city: str,
+        layer: str,
+        *,
+        extensive: Sequence[str] = (),
+        intensive: Sequence[str] = (),
+    ) -> CensusJoin:
+        """Interpolate census fields onto the regions by area weighting, in SQL."""
+        from musecl_store.census import join_layer
+
+        with self.session() as s:
+            return join_layer(s, city, layer, extensive=list(extensive), intensive=list(intensive))
+
+    def export(
+        self,
+        city: str,
+        out: str | Path,
+        *,
+        fmt: str | None = None,
+        kind: str = "fused",
+        model_version: int | None = None,
+    ) -> Exported:
+        """Write a city's embeddings to CSV, GeoJSON or GeoParquet (``fmt`` defaults to the
+        file's suffix: .csv, .geojson, .parquet)."""
+        from musecl_store.export import export_city
+
+        if fmt is None:
+            fmt = {
+                ".csv": "csv",
+                ".geojson": "geojson",
+                ".json": "geojson",
+                ".parquet": "parquet",
+            }.get(Path(out).suffix.lower())
+            if fmt is None:
+                raise InputError(f"{out}: say the format (csv, geojson or parquet)")
+        with self.session() as s:
+            return export_city(s, city, out, fmt=fmt, kind=kind, model_version=model_version)
+
+    def map(
+        self,
+        city: str,
+        out: str | Path,
+        *,
+        indicator: str | None = None,
+        prediction: str | None = None,
+        similar_to: str | None = None,
+        k: int = 10,
+        width: int = 900,
+        model_version: int | None = None,
+    ) -> MapResult:
+        """Draw a choropleth PNG of an indicator, a prediction or the similarity to a region
+        (the query region marked and its ``k`` most similar outlined)."""
+        from musecl_store.maps import draw
+
+        with self.session() as s:
+            return draw(
+                s,
+                city,
+                out,
+                width=width,
+                k=k,
+                indicator=indicator,
+                prediction=prediction,
+                similar_to=similar_to,
+                model_version=model_version,
+            )
