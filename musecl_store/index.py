@@ -116,7 +116,6 @@ class RegionIndex:
         self._searcher: Any = None
         self._sample: tuple[np.ndarray, np.ndarray] | None = None
         self._sample_of: tuple[int, int, int] | None = None
-        self._verified_at: int | None = None  # store revision of the last check
         self.sample_size = 10_000  # reference regions for a search's percentiles
         self.caught_up = 0  # rows refreshed from the change log on the last open
         self.rebuilt = False
@@ -233,17 +232,9 @@ class RegionIndex:
         )
 
     def refresh(self, session: Session) -> None:
-        """Bring the index in line with the database: catch up or rebuild.
-
-        Every write of embeddings commits a new store revision, so when the store revision
-        is the one this index was last checked at, nothing can have changed and the (slower)
-        count of its embeddings is skipped."""
-        at = store_revision(session)
-        if at == self._verified_at:
-            return
+        """Bring the index in line with the database: catch up or rebuild."""
         revision, count = _db_state(session, self.stamp.model_version, self.stamp.kind)
         if (revision, count) == (self.stamp.revision, self.stamp.count):
-            self._verified_at = at
             return
         if revision >= self.stamp.revision and self.stamp.index_type in ("flat", "ivf"):
             pks, vecs = _load_rows(
