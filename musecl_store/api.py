@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import numpy as np
 from sqlalchemy import func, select
@@ -43,6 +43,24 @@ if TYPE_CHECKING:
     from training.trainer import TrainResult
 
 KINDS = ("fused", "remote", "street", "poi")
+
+
+class Search(TypedDict, total=False):
+    """The keywords of :meth:`Store.similar` and :meth:`Store.search` (all optional)."""
+
+    point: tuple[float, float] | None  # lon, lat: search from the region containing it
+    vector: Sequence[float] | np.ndarray | None  # search from a vector of the embeddings' dimension
+    k: int  # how many regions (10)
+    bbox: Sequence[float] | None  # minlon, minlat, maxlon, maxlat
+    near: Sequence[float] | None  # lon, lat, km
+    polygon: str | BaseGeometry | None  # WKT, GeoJSON or shapely
+    same_city: bool
+    other_cities: bool
+    exclude_adjacent: bool
+    geometry: bool  # each region's polygon (a GeoDataFrame from similar)
+    attention: bool  # each region's modality attention
+    kind: str  # fused (default), remote, street or poi
+    model_version: int | None  # default: the city's active one
 
 
 class StoreNotFoundError(MuseclError, FileNotFoundError):
@@ -267,6 +285,9 @@ class Store:
 
         with self.session() as s:
             c = get_city(s, city)
+            these = [Region.city_id == c.id]  # the regions asked for
+            if ids is not None:
+                these.append(Region.region_id.in_(list(ids)))
             rows = s.execute(
                 select(
                     Region.id,
@@ -276,10 +297,7 @@ class Store:
                     func.ST_Y(Region.centroid),
                     Region.geom,
                 )
-                .where(
-                    Region.city_id == c.id,
-                    *([] if ids is None else [Region.region_id.in_(list(ids))]),
-                )
+                .where(*these)
                 .order_by(Region.region_id)
             ).all()
             geoms = [to_shape(r[5]) for r in rows]
@@ -297,28 +315,26 @@ class Store:
                 values = s.execute(
                     select(Indicator.region_pk, Indicator.name, Indicator.value)
                     .join(Region, Region.id == Indicator.region_pk)
-                    .where(Region.city_id == c.id)
+                    .where(*these)
                 ).all()
                 taken = {*frame.columns, "geometry"}
                 column = {n: f"indicator:{n}" if n in taken else n for n in {v[1] for v in values}}
                 for name in sorted(column):
                     frame[column[name]] = np.nan
                 for pk, name, value in values:
-                    if pk in pk_row:
-                        frame.at[pk_row[pk], column[name]] = value
+                    frame.at[pk_row[pk], column[name]] = value
             if predictions:
                 preds = s.execute(
                     select(Prediction.region_pk, Prediction.indicator, Prediction.value)
                     .join(Region, Region.id == Prediction.region_pk)
-                    .where(Region.city_id == c.id)
+                    .where(*these)
                     .order_by(Prediction.id)
                 ).all()
                 for pk, name, value in preds:  # newest last: it wins
                     col = f"predicted:{name}"
                     if col not in frame:
                         frame[col] = np.nan
-                    if pk in pk_row:
-                        frame.at[pk_row[pk], col] = value
+                    frame.at[pk_row[pk], col] = value
         return gpd.GeoDataFrame(frame, geometry=geoms, crs="EPSG:4326")
 
     def active_model_version(self, city: str) -> int:
@@ -427,67 +443,45 @@ class Store:
             idx.refresh(s)
             return dict(idx.status())
 
-    def search(
-        self,
-        city: str,
-        region: str | None = None,
-        *,
-        point: tuple[float, float] | None = None,
-        vector: Sequence[float] | np.ndarray | None = None,
-        k: int = 10,
-        bbox: tuple[float, float, float, float] | None = None,
-        near: tuple[float, float, float] | None = None,
-        polygon: str | BaseGeometry | None = None,
-        same_city: bool = False,
-        other_cities: bool = False,
-        exclude_adjacent: bool = False,
-        geometry: bool = False,
-        attention: bool = False,
-        kind: str = "fused",
-        model_version: int | None = None,
-    ) -> list[Hit]:
+    def search(self, city: str, region: str | None = None, **query: Unpack[Search]) -> list[Hit]:
         """Like :meth:`similar`, as a list of :class:`~musecl_store.search.Hit` records."""
         from musecl_store.search import Filters, Query, parse_polygon, similar
 
-        if isinstance(polygon, str):
-            polygon = parse_polygon(polygon)
+        polygon = query.get("polygon")
+        bbox, near, point, vector = (
+            query.get("bbox"),
+            query.get("near"),
+            query.get("point"),
+            query.get("vector"),
+        )
         filters = Filters(
             bbox=None if bbox is None else tuple(bbox),  # type: ignore[arg-type]
-            polygon=polygon,
+            polygon=parse_polygon(polygon) if isinstance(polygon, str) else polygon,
             near=None if near is None else tuple(near),  # type: ignore[arg-type]
-            same_city=same_city,
-            other_cities=other_cities,
-            exclude_adjacent=exclude_adjacent,
+            same_city=query.get("same_city", False),
+            other_cities=query.get("other_cities", False),
+            exclude_adjacent=query.get("exclude_adjacent", False),
         )
-        query = Query(
+        where = Query(
             city=city,
             region_id=region,
             point=None if point is None else (float(point[0]), float(point[1])),
             vector=None if vector is None else np.asarray(vector, dtype=np.float64),
         )
-        with self._indexed(city, model_version, kind) as (s, idx):
+        kind = query.get("kind", "fused")
+        with self._indexed(city, query.get("model_version"), kind) as (s, idx):
             return similar(
-                s, idx, query, k, filters, with_geometry=geometry, with_attention=attention
+                s,
+                idx,
+                where,
+                query.get("k", 10),
+                filters,
+                with_geometry=query.get("geometry", False),
+                with_attention=query.get("attention", False),
             )
 
     def similar(
-        self,
-        city: str,
-        region: str | None = None,
-        *,
-        point: tuple[float, float] | None = None,
-        vector: Sequence[float] | np.ndarray | None = None,
-        k: int = 10,
-        bbox: tuple[float, float, float, float] | None = None,
-        near: tuple[float, float, float] | None = None,
-        polygon: str | BaseGeometry | None = None,
-        same_city: bool = False,
-        other_cities: bool = False,
-        exclude_adjacent: bool = False,
-        geometry: bool = False,
-        attention: bool = False,
-        kind: str = "fused",
-        model_version: int | None = None,
+        self, city: str, region: str | None = None, **query: Unpack[Search]
     ) -> pd.DataFrame:
         """The ``k`` regions most similar to a region of ``city`` (by id), to the region at a
         lon/lat ``point``, or to a ``vector``; best first. Exact under the filters.
@@ -495,29 +489,15 @@ class Store:
         Columns: rank, region_id, city, score (the cosine of the embeddings), percentile (the
         share, in %, of the other candidate regions less similar to the query), lon, lat;
         ``attention:<branch>`` columns with ``attention``; a GeoDataFrame with ``geometry``.
-        Filters: ``bbox`` (minlon, minlat, maxlon, maxlat), ``near`` (lon, lat, km),
+        The keywords are those of :class:`Search`: ``point``, ``vector``, ``k`` (10), the
+        filters ``bbox`` (minlon, minlat, maxlon, maxlat), ``near`` (lon, lat, km),
         ``polygon`` (WKT, GeoJSON or shapely), ``same_city``, ``other_cities``,
-        ``exclude_adjacent``.
+        ``exclude_adjacent``, and ``geometry``, ``attention``, ``kind`` ("fused"),
+        ``model_version`` (the active one).
         """
         import pandas as pd
 
-        hits = self.search(
-            city,
-            region,
-            point=point,
-            vector=vector,
-            k=k,
-            bbox=bbox,
-            near=near,
-            polygon=polygon,
-            same_city=same_city,
-            other_cities=other_cities,
-            exclude_adjacent=exclude_adjacent,
-            geometry=geometry,
-            attention=attention,
-            kind=kind,
-            model_version=model_version,
-        )
+        hits = self.search(city, region, **query)
         rows = []
         for h in hits:
             row: dict[str, Any] = {
@@ -534,7 +514,7 @@ class Store:
             rows.append(row)
         cols = ["rank", "region_id", "city", "score", "percentile", "lon", "lat"]
         frame = pd.DataFrame(rows, columns=cols if not rows else None)
-        if not geometry:
+        if not query.get("geometry"):
             return frame
         import geopandas as gpd
         import shapely.geometry

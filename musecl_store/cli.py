@@ -431,22 +431,16 @@ def evaluate(
 # ------------------------------------------------------------------ index, similar, features
 
 
-def _floats(value: str | None, n: int, what: str, hint: str) -> tuple[float, ...] | None:
-    """``n`` comma-separated numbers; the ones named LON and LAT must be on the globe."""
+def _coordinates(value: str | None, names: str, hint: str) -> tuple[float, ...] | None:
+    """``geo.coordinates`` of an option's value; a bad one is a usage error (exit 2)."""
+    from musecl_store.geo import coordinates
+
     if value is None:
         return None
     try:
-        parts = tuple(float(v) for v in value.split(","))
-    except ValueError:
-        parts = ()
-    if len(parts) != n or not all(np.isfinite(parts)):
-        raise click.BadParameter(f"expected {what}, got {value!r}", param_hint=hint)
-    for name, v in zip(what.split(","), parts, strict=True):
-        if name.endswith("LON") and not -180 <= v <= 180:
-            raise click.BadParameter(f"longitude {v} is outside -180..180", param_hint=hint)
-        if name.endswith("LAT") and not -90 <= v <= 90:
-            raise click.BadParameter(f"latitude {v} is outside -90..90", param_hint=hint)
-    return parts
+        return coordinates(value, names)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=hint) from exc
 
 
 kind_option = click.option(
@@ -578,7 +572,7 @@ def similar(
     JSON: a list of {"rank", "region_id", "city", "score", "percentile", "centroid"}
     (+ "geometry", "attention" when asked).
     """
-    pt = _floats(point, 2, "LON,LAT", "--point")
+    pt = _coordinates(point, "LON,LAT", "--point")
     if (region_id is None) == (pt is None):
         raise click.UsageError("give a REGION_ID or --point LON,LAT (one of them)")
     hits = store.search(
@@ -586,8 +580,8 @@ def similar(
         region_id,
         point=pt,  # type: ignore[arg-type]
         k=k,
-        bbox=_floats(bbox, 4, "MINLON,MINLAT,MAXLON,MAXLAT", "--bbox"),  # type: ignore[arg-type]
-        near=_floats(near, 3, "LON,LAT,KM", "--near"),  # type: ignore[arg-type]
+        bbox=_coordinates(bbox, "MINLON,MINLAT,MAXLON,MAXLAT", "--bbox"),
+        near=_coordinates(near, "LON,LAT,KM", "--near"),
         polygon=polygon,
         same_city=same_city,
         other_cities=other_cities,

@@ -65,6 +65,29 @@ def lonlat_ok(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
     return np.isfinite(lon) & np.isfinite(lat) & (np.abs(lon) <= 180) & (np.abs(lat) <= 90)
 
 
+def coordinates(value: str | Sequence[float], names: str) -> tuple[float, ...]:
+    """The numbers ``names`` describes (``"LON,LAT"``, ``"LON,LAT,KM"``,
+    ``"MINLON,MINLAT,MAXLON,MAXLAT"``), from a comma-separated string or a sequence: as many
+    as named, finite, and the LON and LAT ones on the globe.
+
+    Raises:
+        ValueError: naming what is wrong.
+    """
+    try:
+        parts = tuple(float(v) for v in (value.split(",") if isinstance(value, str) else value))
+    except (TypeError, ValueError):
+        parts = ()
+    wanted = names.split(",")
+    if len(parts) != len(wanted) or not all(np.isfinite(parts)):
+        raise ValueError(f"expected {names}, got {value!r}")
+    for name, v in zip(wanted, parts, strict=True):
+        if name.endswith("LON") and not -180 <= v <= 180:
+            raise ValueError(f"longitude {v} is outside -180..180")
+        if name.endswith("LAT") and not -90 <= v <= 90:
+            raise ValueError(f"latitude {v} is outside -90..90")
+    return parts
+
+
 def polygonal(geom: BaseGeometry) -> MultiPolygon:
     """The polygonal part of ``geom`` as a MultiPolygon (empty when it has none)."""
     if isinstance(geom, MultiPolygon):

@@ -275,7 +275,7 @@ def similar(
         order = np.lexsort((pks, -scores))[:k]
         ranked = list(zip(pks[order].tolist(), scores[order].tolist(), strict=True))
         reference = scores  # every candidate that passes the filters
-        members = set(pks.tolist())
+        members = None  # every hit is among them
     else:
         allowed_set = None if allowed is None else set(allowed.tolist())
         ranked = []
@@ -307,13 +307,17 @@ def similar(
 
 
 def _percentiles(
-    hits: list[Hit], ranked: list[tuple[int, float]], reference: np.ndarray, members: set[int]
+    hits: list[Hit],
+    ranked: list[tuple[int, float]],
+    reference: np.ndarray,
+    members: set[int] | None,
 ) -> None:
     """Each hit's share (%) of the other reference regions that are less similar to the
     query; left None when fewer than 10 reference regions would make it meaningless."""
     reference = np.sort(reference)
     for h, (pk, _) in zip(hits, ranked, strict=True):
-        others = len(reference) - (1 if pk in members else 0)  # the hit itself does not count
+        # the hit itself does not count (members None: every hit is a reference region)
+        others = len(reference) - (1 if members is None or pk in members else 0)
         if others < 10:
             continue
         below = int(np.searchsorted(reference, h.score - 1e-6, side="left"))

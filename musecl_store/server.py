@@ -13,8 +13,9 @@ import io
 import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import faiss
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -30,6 +31,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from musecl_store import __version__
 from musecl_store.api import KINDS, Store
 from musecl_store.errors import MuseclError
+from musecl_store.geo import coordinates
+from musecl_store.maps import MapError
 
 log = logging.getLogger("musecl.server")
 
@@ -40,6 +43,7 @@ MAX_BODY = 2_000_000  # bytes
 MAX_VECTOR = 4096
 
 Kind = Literal["fused", "remote", "street", "poi"]
+LonLat = tuple[float, float]
 CityName = Annotated[str, PathParam(min_length=1, max_length=200)]
 RegionId = Annotated[str, PathParam(min_length=1, max_length=200)]
 KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
@@ -312,12 +316,11 @@ def create_app(
             raise ApiError(400, "give indicator or prediction, not both", "prediction")
         frame = store.regions(city)
         values: dict[str, float] = {}
-        if indicator is not None:
-            if indicator not in store.info(city)["indicators"]:
-                raise ApiError(404, f"city {city!r} has no indicator {indicator!r}", "indicator")
-            values = store.map_values(city, indicator=indicator)
-        if prediction is not None:
-            values = store.map_values(city, prediction=prediction)
+        if indicator is not None or prediction is not None:
+            try:
+                values = store.map_values(city, indicator=indicator, prediction=prediction)
+            except MapError as exc:  # nothing of that name for the city
+                raise ApiError(404, str(exc), "indicator" if indicator else "prediction") from exc
         features = []
         for rid, lon, lat, geom in zip(
             frame.region_id, frame.lon, frame.lat, frame.geometry, strict=True
@@ -364,21 +367,15 @@ def create_app(
         hits = store.search(city, kind=kind, **kw)
         return {"city": city, "query": query, "kind": kind, "hits": [h.to_dict() for h in hits]}
 
-    def _floats(value: str | None, n: int, name: str) -> list[float] | None:
+    def _coordinates(
+        value: str | Sequence[float] | None, names: str, parameter: str
+    ) -> tuple[float, ...] | None:
         if value is None:
             return None
         try:
-            parts = [float(v) for v in value.split(",")]
-        except ValueError:
-            parts = []
-        if len(parts) != n or not all(math.isfinite(p) for p in parts):
-            raise ApiError(422, f"{name} needs {n} comma-separated numbers", name)
-        return parts
-
-    def _check_lonlat(pairs: list[tuple[float, float]], name: str) -> None:
-        for lon, lat in pairs:
-            if not (-180 <= lon <= 180 and -90 <= lat <= 90):
-                raise ApiError(422, f"({lon}, {lat}) is not a lon/lat point", name)
+            return coordinates(value, names)
+        except ValueError as exc:
+            raise ApiError(422, str(exc), parameter) from exc
 
     @api.get(
         "/cities/{city}/similar",
@@ -413,12 +410,8 @@ def create_app(
             point = (lon, lat)
         if (region is None) == (point is None):
             raise ApiError(422, "give a region or a point (lon and lat), one of them", "region")
-        box = _floats(bbox, 4, "bbox")
-        if box is not None:
-            _check_lonlat([(box[0], box[1]), (box[2], box[3])], "bbox")
-        circle = _floats(near, 3, "near")
-        if circle is not None:
-            _check_lonlat([(circle[0], circle[1])], "near")
+        box = _coordinates(bbox, "MINLON,MINLAT,MAXLON,MAXLAT", "bbox")
+        circle = _coordinates(near, "LON,LAT,KM", "near")
         query = {"region": region} if region is not None else {"point": [lon, lat]}
         return _hits(
             city,
@@ -446,25 +439,13 @@ def create_app(
     def similar_to_vector(city: CityName, body: VectorQuery) -> Any:
         if not all(math.isfinite(v) for v in body.vector):
             raise ApiError(422, "the vector must be finite", "vector")
-        if body.bbox is not None:
-            _check_lonlat([(body.bbox[0], body.bbox[1]), (body.bbox[2], body.bbox[3])], "bbox")
-        if body.near is not None:
-            _check_lonlat([(body.near[0], body.near[1])], "near")
+        _coordinates(body.bbox, "MINLON,MINLAT,MAXLON,MAXLAT", "bbox")
+        _coordinates(body.near, "LON,LAT,KM", "near")
         return _hits(
             city,
             {"vector": len(body.vector)},
             body.kind,
-            vector=body.vector,
-            k=body.k,
-            bbox=body.bbox,
-            near=body.near,
-            polygon=body.polygon,
-            same_city=body.same_city,
-            other_cities=body.other_cities,
-            exclude_adjacent=body.exclude_adjacent,
-            geometry=body.geometry,
-            attention=body.attention,
-            model_version=body.model_version,
+            **body.model_dump(exclude={"kind"}),
         )
 
     def _features(
@@ -479,10 +460,7 @@ def create_app(
             raise ApiError(422, "give ids or points, not both", "points")
         pts = None
         if points is not None:
-            if any(len(p) != 2 for p in points):
-                raise ApiError(422, "each point is [lon, lat]", "points")
-            pts = [(float(p[0]), float(p[1])) for p in points]
-            _check_lonlat(pts, "points")
+            pts = [cast(LonLat, _coordinates(p, "LON,LAT", "points")) for p in points]
         frame = store.features(city, ids, points=pts, kind=kind, model_version=model_version)
         if fmt == "csv":
             buf = io.StringIO()
