@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session
 
-from musecl_store import schema
+from musecl_store import faults, schema
 from musecl_store.db import create_engine, resolve_url, transaction
-from musecl_store.errors import MuseclError
+from musecl_store.errors import InputError, MuseclError, SetupError
 from musecl_store.settings import Settings
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from shapely.geometry.base import BaseGeometry
 
     from musecl_store.census import CensusJoin
+    from musecl_store.check import CheckReport
     from musecl_store.export import Exported
     from musecl_store.ingest import IngestSummary
     from musecl_store.maps import MapResult
@@ -65,10 +67,6 @@ class Search(TypedDict, total=False):
 
 class StoreNotFoundError(MuseclError, FileNotFoundError):
     """A SpatiaLite path with no file behind it, opened by a command that only reads."""
-
-
-class InputError(MuseclError, ValueError):
-    """A user-supplied file or value that cannot be read (the message names file and line)."""
 
 
 def open(
@@ -117,6 +115,24 @@ def read_points_csv(path: str | Path) -> list[tuple[float, float]]:
                 raise InputError(f"{path}:{line}: ({x}, {y}) is not a lon/lat point")
             points.append((x, y))
     return points
+
+
+@contextmanager
+def _writing(out: str | Path) -> Iterator[None]:
+    """Turn a failure to write ``out`` (a missing folder, no permission, a full disk) into
+    an InputError naming the path; a half-written file is removed."""
+    path = Path(out)
+    existed = path.exists()
+    if not path.parent.is_dir():
+        raise InputError(f"{out}: cannot write here (the folder {path.parent} does not exist)")
+    if path.is_dir():
+        raise InputError(f"{out}: is a folder; give a file name")
+    try:
+        yield
+    except OSError as exc:
+        if not existed:
+            path.unlink(missing_ok=True)
+        raise InputError(f"{out}: cannot write ({exc.strerror or exc})") from exc
 
 
 class Store:
@@ -180,6 +196,14 @@ class Store:
                 engine = create_engine(self.url, self.settings)
                 try:
                     schema.ensure_schema(engine, create=create or self.create)
+                except DatabaseError as exc:
+                    engine.dispose()
+                    if "not a database" in str(exc.orig):  # a SpatiaLite path to another file
+                        raise SetupError(
+                            f"{make_url(self.url).database} is not a musecl store (SQLite: "
+                            f"{exc.orig}); check --db"
+                        ) from exc
+                    raise
                 except BaseException:
                     engine.dispose()
                     raise
@@ -197,9 +221,12 @@ class Store:
                 )
 
     @contextmanager
-    def session(self, *, create: bool = False) -> Iterator[Session]:
-        """A session in one transaction: committed when the block succeeds."""
-        with transaction(self.engine(create=create)) as s:
+    def session(self, *, create: bool = False, write: bool = False) -> Iterator[Session]:
+        """A session in one transaction: committed when the block succeeds.
+
+        ``write``: the block writes; it waits for the store's write lock first (see
+        :func:`musecl_store.db.transaction`)."""
+        with transaction(self.engine(create=create), write=write) as s:
             yield s
 
     # ------------------------------------------------------------------ schema
@@ -219,6 +246,14 @@ class Store:
             "from": before,
             "to": after,
         }
+
+    def check(self, *, index: bool = True) -> CheckReport:
+        """Verify the store's invariants (and, with ``index``, the FAISS cache's state); see
+        :mod:`musecl_store.check`. Reads only."""
+        from musecl_store.check import check_store
+
+        with self.session() as s:
+            return check_store(s, self.index_dir if index else None)
 
     def status(self) -> dict[str, Any]:
         """The database, its schema revision and the revision this code expects."""
@@ -355,18 +390,31 @@ class Store:
         """Make a model version the active one of its city."""
         from musecl_store.models import activate
 
-        with self.session() as s:
+        with self.session(write=True) as s:
             mv = activate(s, version)
-            return {"model_version": mv.id, "active": True}
+            faults.point("models:activated")
+        faults.point("models:activate_committed")
+        return {"model_version": mv.id, "active": True}
 
     def delete_model(self, version: int) -> dict[str, Any]:
         """Delete a model version with its embeddings, regressors and cached indexes."""
+        from musecl_store.index import drop_index_folders
         from musecl_store.models import delete
+        from musecl_store.tables import ModelVersion
 
         self._forget(version)
-        with self.session() as s:
-            out = delete(s, version, self.index_dir)
+        with self.session(write=True) as s:
+            if s.get(ModelVersion, version) is None and any(
+                self.index_dir.glob(f"mv{version}-*")
+            ):  # deleted by a run that died before it removed the caches: finish that
+                out: dict[str, Any] = {"model_version": version, "embeddings_deleted": 0}
+            else:
+                out = delete(s, version)
+                faults.point("models:deleted")
+        faults.point("models:delete_committed")
         self._forget(version)
+        # the cached indexes go after the commit: a crash before it keeps a usable cache
+        out["indexes_removed"] = drop_index_folders(self.index_dir, version)
         return out
 
     # ------------------------------------------------------------------ index, search
@@ -601,8 +649,8 @@ class Store:
         metrics}; pass the regressor id to :meth:`predict`."""
         from musecl_store import regress as R
 
-        with self.session() as s:
-            reg = R.fit(
+        with self.session() as s:  # read, then fit with no transaction open
+            fitted = R.fit_params(
                 s,
                 city,
                 indicator,
@@ -613,15 +661,24 @@ class Store:
                 folds=folds,
                 log=log,
             )
-            return R.describe(reg)
+        faults.point("regress:fitted")
+        with self.session(write=True) as s:  # waits for other writers: the fit is not lost
+            reg = R.save(s, fitted)
+            out = R.describe(reg)
+            faults.point("regress:written")
+        faults.point("regress:committed")
+        return out
 
     def predict(self, regressor: str, city: str, *, all_regions: bool = False) -> PredictSummary:
         """Write a fitted regressor's predictions for the city's regions that lack the
         indicator (or all of them), with provenance."""
         from musecl_store import regress as R
 
-        with self.session() as s:
-            return R.predict(s, regressor, city, all_regions=all_regions)
+        with self.session(write=True) as s:
+            out = R.predict(s, regressor, city, all_regions=all_regions)
+            faults.point("predict:written")
+        faults.point("predict:committed")
+        return out
 
     def regressors(self) -> list[dict[str, Any]]:
         """The fitted regressors and their cross-validated metrics."""
@@ -667,12 +724,19 @@ class Store:
     ) -> IngestSummary:
         """Ingest a city bundle (see docs/city-bundle.md); ``check`` validates and diffs
         without writing. All or nothing."""
-        from musecl_store.ingest import ingest_bundle
+        from musecl_store.bundle import read_bundle
+        from musecl_store.ingest import write_bundle
 
-        with self.session(create=True) as s:
-            summary = ingest_bundle(s, bundle, show_progress=show_progress)
+        read = read_bundle(bundle, show_progress=show_progress)  # before taking the lock
+        faults.point("ingest:read")
+        with self.session(create=True, write=True) as s:
+            summary = write_bundle(s, read)
             if check:
                 s.rollback()
+            else:
+                faults.point("ingest:written")
+        if not check:
+            faults.point("ingest:committed")
         return summary
 
     def train(
@@ -712,8 +776,11 @@ class Store:
         """Embed every region of a city with an existing (frozen) model version."""
         from musecl_store.embed import embed_city
 
-        with self.session() as s:
-            return embed_city(s, city, model_version, show_progress=show_progress)
+        with self.session(write=True) as s:
+            out = embed_city(s, city, model_version, show_progress=show_progress)
+            faults.point("embed:written")
+        faults.point("embed:committed")
+        return out
 
     def reembed(
         self,
@@ -731,6 +798,16 @@ class Store:
 
         if sum([regions is not None, since is not None, all_regions]) > 1:
             raise InputError("use at most one of regions, since and all_regions")
+        if since is not None:
+            from musecl_store.summary import store_revision
+
+            with self.session() as s:
+                newest = store_revision(s)
+            if not 0 <= since <= newest:
+                raise InputError(
+                    f"revision {since} does not exist (the store's revisions run from 0 to "
+                    f"{newest}; `musecl info --city CITY` shows the newest)"
+                )
         out = reembed_and_report(
             self.engine(),
             self.index_dir,
@@ -755,8 +832,11 @@ class Store:
         """Interpolate census fields onto the regions by area weighting, in SQL."""
         from musecl_store.census import join_layer
 
-        with self.session() as s:
-            return join_layer(s, city, layer, extensive=list(extensive), intensive=list(intensive))
+        with self.session(write=True) as s:
+            out = join_layer(s, city, layer, extensive=list(extensive), intensive=list(intensive))
+            faults.point("census:written")
+        faults.point("census:committed")
+        return out
 
     def export(
         self,
@@ -780,7 +860,7 @@ class Store:
             }.get(Path(out).suffix.lower())
             if fmt is None:
                 raise InputError(f"{out}: say the format (csv, geojson or parquet)")
-        with self.session() as s:
+        with self.session() as s, _writing(out):
             return export_city(s, city, out, fmt=fmt, kind=kind, model_version=model_version)
 
     def map(
@@ -799,7 +879,7 @@ class Store:
         (the query region marked and its ``k`` most similar outlined)."""
         from musecl_store.maps import draw
 
-        with self.session() as s:
+        with self.session() as s, _writing(out):
             return draw(
                 s,
                 city,

@@ -1,46 +1,45 @@
 """The ``musecl`` command line: thin click adapters over the library.
 
 Each command parses options, opens the store, calls one library function and prints the
-result, as text for people or as JSON with ``--json``. Library errors become click errors
-(exit code 1) whose message names the bad input.
+result, as text for people or as JSON with ``--json``. The project's own errors (and the
+database's operational ones: unreachable, full, locked) print one line and exit 1; anything
+else is a bug: it prints as such, with the traceback for a report, and exits 2.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+import traceback
+from dataclasses import replace
+from typing import Any
 
 import click
 import numpy as np
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from musecl_store import __version__
 from musecl_store.api import Store, read_points_csv
 from musecl_store.db import resolve_url
 from musecl_store.errors import MuseclError
-from musecl_store.settings import Settings
+from musecl_store.settings import Settings, lock_timeout
 
-F = TypeVar("F", bound=Callable[..., Any])
+BUG_EXIT = 2
 
 
-def handle_errors(fn: F) -> F:
-    """Turn library errors into click errors that name the bad input."""
+def _database_error(exc: OperationalError | InterfaceError) -> str:
+    """One line from the driver's message (server gone, disk full, locked ...)."""
+    text = str(exc.orig or exc).strip().splitlines() or ["unknown"]
+    return f"database error: {text[0]}; nothing of this command was committed"
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (MuseclError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from exc
-        except OperationalError as exc:
-            raise click.ClickException(f"database error: {exc.orig or exc}") from exc
-        except RuntimeError as exc:  # e.g. the SpatiaLite module cannot be loaded
-            raise click.ClickException(str(exc)) from exc
 
-    return wrapper  # type: ignore[return-value]
+def _report_bug(exc: BaseException) -> None:
+    click.echo(
+        f"musecl: internal error ({type(exc).__name__}: {exc}). This is a bug in musecl, not "
+        "in your input; please report it with the traceback below.",
+        err=True,
+    )
+    click.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)
 
 
 json_option = click.option(
@@ -89,6 +88,23 @@ class _Group(click.Group):
 
     group_class = type  # sub-groups (db, index, regress ...) are _Groups too
 
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; sort what it raises into user errors (exit 1) and bugs (exit 2)."""
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except MuseclError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except (OperationalError, InterfaceError) as exc:
+            raise click.ClickException(_database_error(exc)) from exc
+        except BrokenPipeError:  # `musecl ... | head`
+            sys.stderr.close()
+            ctx.exit(1)
+        except Exception as exc:
+            _report_bug(exc)
+            ctx.exit(BUG_EXIT)
+
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         if not isinstance(cmd, click.Group):
             cmd.params.append(
@@ -116,9 +132,17 @@ class _Group(click.Group):
     help="The store: a SpatiaLite file path (default ./musecl.sqlite) or a PostGIS URL "
     "such as postgresql+psycopg://user@host/dbname.",
 )
+@click.option(
+    "--lock-timeout",
+    metavar="SECONDS",
+    envvar="MUSECL_LOCK_TIMEOUT",
+    show_envvar=True,
+    help="How long a writing command waits for another writer to finish (default 600). It "
+    "says on stderr that it waits.",
+)
 @click.version_option(__version__, prog_name="musecl")
 @click.pass_context
-def main(ctx: click.Context, db: str | None) -> None:
+def main(ctx: click.Context, db: str | None, lock_timeout: str | None) -> None:
     """musecl — a region-embedding store for urban science, built on MuseCL.
 
     Ingest city bundles (regions, POIs, images, trips, indicators, census layers) into an
@@ -132,10 +156,20 @@ def main(ctx: click.Context, db: str | None) -> None:
       musecl evaluate --city demo-0 --log-target
 
     Exit codes: 0 success, 1 an error in the input or the store (the message names the file,
-    line or argument), 2 a usage error (an unknown option, a missing argument).
+    line or argument), 2 a usage error (an unknown option, a missing argument) or a bug in
+    musecl (printed as such, with a traceback to report).
     """
     settings = Settings.from_env()
+    if lock_timeout is not None:
+        settings = replace(settings, lock_timeout=_lock_timeout(lock_timeout))
     ctx.obj = Store(resolve_url(db, settings), settings)
+
+
+def _lock_timeout(value: str) -> float:
+    try:
+        return lock_timeout(value)
+    except MuseclError as exc:
+        raise click.BadParameter(str(exc), param_hint="--lock-timeout") from exc
 
 
 # ---------------------------------------------------------------------------- db
@@ -149,7 +183,6 @@ def db() -> None:
 @db.command("init")
 @json_option
 @click.pass_obj
-@handle_errors
 def db_init(store: Store, as_json: bool) -> None:
     """Create or upgrade the schema to the newest migration (safe to run again)."""
     result = store.init()
@@ -161,10 +194,35 @@ def db_init(store: Store, as_json: bool) -> None:
         click.echo(f"{store.shown_url}: {what} {after}")
 
 
+@db.command("check")
+@json_option
+@click.option("--no-index", is_flag=True, help="Skip the FAISS index cache (MUSECL_INDEX_DIR).")
+@click.pass_obj
+def db_check(store: Store, as_json: bool, no_index: bool) -> None:
+    """Verify the store's invariants: one vector per region, kind and model version; no
+    model version without embeddings; no city half-ingested; the change log matches the
+    revisions; SQLite's own integrity and foreign-key checks. Index caches that are stale or
+    left over by a killed command are warnings (the next search repairs them).
+
+    Exit code 0 when the store is sound, 1 when it is not (the errors say what is wrong)."""
+    report = store.check(index=not no_index)
+    if as_json:
+        emit(report.to_dict())
+    else:
+        click.echo(f"{store.shown_url}: " + ("ok" if report.ok else "DAMAGED"))
+        for k, v in report.checked.items():
+            click.echo(f"  {k}: {v}")
+        for w in report.warnings:
+            click.echo(f"warning: {w}")
+        for e in report.errors:
+            click.echo(f"error: {e}")
+    if not report.ok:
+        sys.exit(1)
+
+
 @db.command("status")
 @json_option
 @click.pass_obj
-@handle_errors
 def db_status(store: Store, as_json: bool) -> None:
     """Show the database, its schema revision and the revision this code expects."""
     result = store.status()
@@ -197,7 +255,6 @@ def db_status(store: Store, as_json: bool) -> None:
 )
 @click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
 @json_option
-@handle_errors
 def demo_city(
     out: str,
     seed: int,
@@ -252,7 +309,6 @@ def demo_city(
 )
 @json_option
 @click.pass_obj
-@handle_errors
 def ingest(store: Store, bundle: str, check: bool, as_json: bool) -> None:
     """Ingest the city bundle at BUNDLE (see docs: the city-bundle contract).
 
@@ -332,7 +388,6 @@ def ingest(store: Store, bundle: str, check: bool, as_json: bool) -> None:
 )
 @json_option
 @click.pass_obj
-@handle_errors
 def train(
     store: Store,
     city: str,
@@ -390,7 +445,6 @@ def train(
 @click.option("--seed", default=0, show_default=True, help="Seed of the folds and MLP heads.")
 @json_option
 @click.pass_obj
-@handle_errors
 def evaluate(
     store: Store,
     city: str,
@@ -475,7 +529,6 @@ def index() -> None:
 )
 @json_option
 @click.pass_obj
-@handle_errors
 def index_build(
     store: Store, city: str, model_version: int | None, kind: str, index_type: str, as_json: bool
 ) -> None:
@@ -496,7 +549,6 @@ def index_build(
 @kind_option
 @json_option
 @click.pass_obj
-@handle_errors
 def index_status(
     store: Store, city: str, model_version: int | None, kind: str, as_json: bool
 ) -> None:
@@ -541,7 +593,6 @@ def index_status(
 @kind_option
 @json_option
 @click.pass_obj
-@handle_errors
 def similar(
     store: Store,
     city: str,
@@ -575,6 +626,8 @@ def similar(
     pt = _coordinates(point, "LON,LAT", "--point")
     if (region_id is None) == (pt is None):
         raise click.UsageError("give a REGION_ID or --point LON,LAT (one of them)")
+    if same_city and other_cities:
+        raise click.UsageError("--same-city and --other-cities exclude each other; pick one")
     hits = store.search(
         city,
         region_id,
@@ -638,7 +691,6 @@ def similar(
 @model_option
 @kind_option
 @click.pass_obj
-@handle_errors
 def features(
     store: Store,
     city: str,
@@ -673,8 +725,11 @@ def features(
             ]
         )
     if out:
-        with open(out, "w", encoding="utf-8") as f:
-            f.write(text)
+        try:
+            with open(out, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as exc:
+            raise click.ClickException(f"--out {out}: cannot write ({exc.strerror})") from exc
     else:
         click.echo(text, nl=False)
 
@@ -692,7 +747,6 @@ def features(
 )
 @json_option
 @click.pass_obj
-@handle_errors
 def embed(store: Store, city: str, model_version: int, as_json: bool) -> None:
     """Embed every region of a city with an existing model version.
 
@@ -737,7 +791,6 @@ def regress() -> None:
 @kind_option
 @json_option
 @click.pass_obj
-@handle_errors
 def regress_fit(
     store: Store,
     city: str,
@@ -783,7 +836,6 @@ def regress_fit(
 )
 @json_option
 @click.pass_obj
-@handle_errors
 def regress_predict(
     store: Store, regressor_id: str, city: str, all_regions: bool, as_json: bool
 ) -> None:
@@ -801,7 +853,6 @@ def regress_predict(
 @regress.command("list")
 @json_option
 @click.pass_obj
-@handle_errors
 def regress_list(store: Store, as_json: bool) -> None:
     """The fitted regressors and their cross-validated metrics."""
     rows = store.regressors()
@@ -851,7 +902,6 @@ def census() -> None:
 )
 @json_option
 @click.pass_obj
-@handle_errors
 def census_join(
     store: Store, city: str, layer: str, extensive: str | None, intensive: str | None, as_json: bool
 ) -> None:
@@ -891,7 +941,6 @@ def census_join(
 @kind_option
 @json_option
 @click.pass_obj
-@handle_errors
 def export(
     store: Store, city: str, fmt: str, out: str, model_version: int | None, kind: str, as_json: bool
 ) -> None:
@@ -928,7 +977,6 @@ def export(
 @model_option
 @json_option
 @click.pass_obj
-@handle_errors
 def map_command(
     store: Store,
     city: str,
@@ -980,7 +1028,6 @@ def map_command(
 @model_option
 @json_option
 @click.pass_obj
-@handle_errors
 def reembed(
     store: Store,
     city: str,
@@ -1043,7 +1090,6 @@ def models() -> None:
 @click.option("--city", default=None, metavar="NAME", help="Only this city's versions.")
 @json_option
 @click.pass_obj
-@handle_errors
 def models_list(store: Store, city: str | None, as_json: bool) -> None:
     """List model versions with their embeddings and evaluation."""
     rows = store.models(city)
@@ -1075,7 +1121,6 @@ def models_list(store: Store, city: str | None, as_json: bool) -> None:
 @click.argument("version", type=int)
 @json_option
 @click.pass_obj
-@handle_errors
 def models_activate(store: Store, version: int, as_json: bool) -> None:
     """Make VERSION the active model of its city."""
     out = store.activate_model(version)
@@ -1089,7 +1134,6 @@ def models_activate(store: Store, version: int, as_json: bool) -> None:
 @click.argument("version", type=int)
 @json_option
 @click.pass_obj
-@handle_errors
 def models_delete(store: Store, version: int, as_json: bool) -> None:
     """Delete VERSION, its embeddings, regressors and cached indexes (never the active one)."""
     out = store.delete_model(version)
@@ -1106,7 +1150,6 @@ def models_delete(store: Store, version: int, as_json: bool) -> None:
 @city_option
 @json_option
 @click.pass_obj
-@handle_errors
 def info(store: Store, city: str, as_json: bool) -> None:
     """Counts of what the store holds for one city, and the store revision."""
     result = store.info(city)
@@ -1135,7 +1178,6 @@ def info(store: Store, city: str, as_json: bool) -> None:
 @main.command()
 @json_option
 @click.pass_obj
-@handle_errors
 def cities(store: Store, as_json: bool) -> None:
     """List the cities in the store."""
     frame = store.cities()
@@ -1182,7 +1224,6 @@ def cities(store: Store, as_json: bool) -> None:
     "(default: the working directory).",
 )
 @click.pass_obj
-@handle_errors
 def serve(
     store: Store,
     host: str,

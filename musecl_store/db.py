@@ -6,6 +6,8 @@ Everything dialect-specific about *connecting* lives here; SQL-level differences
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +23,11 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from musecl_store.errors import InputError, LockTimeoutError, SetupError
 from musecl_store.settings import DEFAULT_DB_FILE, Settings
+
+WRITE_LOCK_KEY = 0x6D757365636C  # "musecl": the PostgreSQL advisory lock every writer takes
+_BUSY_MS = 60_000  # how long a SpatiaLite reader waits out a checkpoint or a recovery
 
 
 def resolve_url(db: str | None = None, settings: Settings | None = None) -> str:
@@ -50,7 +56,7 @@ def _sqlite_dbapi() -> Any:
         import sqlite3 as dbapi
 
     if not hasattr(dbapi.Connection, "enable_load_extension"):  # pragma: no cover
-        raise RuntimeError(
+        raise SetupError(
             "this Python's sqlite3 cannot load SpatiaLite; `pip install pysqlite3-binary`"
         )
     return dbapi
@@ -64,14 +70,16 @@ def create_engine(url: str, settings: Settings | None = None, **kwargs: Any) -> 
     if backend == "postgresql":
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 30)
-        return sa.create_engine(parsed, pool_pre_ping=True, **kwargs)
+        engine = sa.create_engine(parsed, pool_pre_ping=True, **kwargs)
+        engine.update_execution_options(musecl_lock_timeout=settings.lock_timeout)
+        return engine
     if backend != "sqlite":
-        raise ValueError(
+        raise InputError(
             f"unsupported database URL {parsed.render_as_string()!r}: use postgresql+psycopg://"
             " for PostGIS or a file path / sqlite:/// URL for SpatiaLite"
         )
     if parsed.database in (None, "", ":memory:"):
-        raise ValueError("SpatiaLite needs a file path; in-memory databases are not supported")
+        raise InputError("SpatiaLite needs a file path; in-memory databases are not supported")
     Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     # Connections load SpatiaLite when they open, which is slow: keep enough of them pooled
     # for a server's threads (opened on demand, so a CLI run still opens one).
@@ -79,6 +87,7 @@ def create_engine(url: str, settings: Settings | None = None, **kwargs: Any) -> 
     kwargs.setdefault("max_overflow", 0)
     kwargs.setdefault("pool_timeout", 120)
     engine = sa.create_engine(parsed, module=_sqlite_dbapi(), **kwargs)
+    engine.update_execution_options(musecl_lock_timeout=settings.lock_timeout)
     library = settings.spatialite_library
 
     @event.listens_for(engine, "connect")
@@ -89,7 +98,7 @@ def create_engine(url: str, settings: Settings | None = None, **kwargs: Any) -> 
         try:
             dbapi_conn.load_extension(library)
         except Exception as exc:
-            raise RuntimeError(
+            raise SetupError(
                 f"cannot load the SpatiaLite module {library!r} ({exc}); install it "
                 "(Debian: apt-get install libsqlite3-mod-spatialite) or set "
                 "SPATIALITE_LIBRARY_PATH"
@@ -97,7 +106,7 @@ def create_engine(url: str, settings: Settings | None = None, **kwargs: Any) -> 
         finally:
             dbapi_conn.enable_load_extension(False)
         dbapi_conn.execute("PRAGMA foreign_keys = ON")
-        dbapi_conn.execute("PRAGMA busy_timeout = 60000")
+        dbapi_conn.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
         dbapi_conn.execute("PRAGMA journal_mode = WAL")  # readers never block the writer
         if dbapi_conn.execute("SELECT CheckSpatialMetaData()").fetchone()[0] < 1:
             dbapi_conn.execute("SELECT InitSpatialMetaData(1)")
@@ -105,9 +114,81 @@ def create_engine(url: str, settings: Settings | None = None, **kwargs: Any) -> 
 
     @event.listens_for(engine, "begin")
     def _begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("BEGIN")
+        options = conn.get_execution_options()
+        if not options.get("musecl_write"):
+            conn.exec_driver_sql("BEGIN")
+            return
+        # A writer takes the write lock when it begins (BEGIN IMMEDIATE), not at its first
+        # write: a deferred transaction that read and then tries to write fails at once when
+        # another writer committed meanwhile, whatever the busy timeout, and loses its work.
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        timeout = float(options.get("musecl_lock_timeout", 600.0))
+        try:
+            raw.execute("PRAGMA busy_timeout = 200")
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                return
+            except raw_errors(raw) as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+            _say_waiting(timeout)
+            raw.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            started = time.monotonic()
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+            except raw_errors(raw) as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                raise LockTimeoutError(_lock_message(timeout, time.monotonic() - started)) from exc
+        finally:
+            raw.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
 
     return engine
+
+
+def raw_errors(raw: Any) -> type[Exception]:
+    """The DB-API OperationalError of a raw sqlite connection's module."""
+    return sys.modules[type(raw).__module__].OperationalError
+
+
+def _say_waiting(timeout: float) -> None:
+    sys.stderr.write(
+        "musecl: another process is writing to the store; waiting for it to finish (up to "
+        f"{timeout:g} s: --lock-timeout or MUSECL_LOCK_TIMEOUT)\n"
+    )
+    sys.stderr.flush()
+
+
+def _lock_message(timeout: float, waited: float) -> str:
+    return (
+        f"another process kept the store's write lock for more than {timeout:g} s (waited "
+        f"{waited:.0f} s); nothing was written. Try again when it has finished, or wait longer "
+        "with --lock-timeout SECONDS (MUSECL_LOCK_TIMEOUT)"
+    )
+
+
+def _pg_write_lock(session: Session) -> None:
+    """Take the store's write lock on PostgreSQL (a transaction-level advisory lock).
+
+    Writers run one at a time, so revisions commit in the order they were numbered: a
+    reader that has seen revision N has seen every write up to N (the FAISS cache's
+    staleness check relies on it)."""
+    conn = session.connection()
+    got = conn.exec_driver_sql(f"SELECT pg_try_advisory_xact_lock({WRITE_LOCK_KEY})").scalar()
+    if got:
+        return
+    timeout = float(conn.get_execution_options().get("musecl_lock_timeout", 600.0))
+    _say_waiting(timeout)
+    started = time.monotonic()
+    conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, int(timeout * 1000))}")
+    try:
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
+    except sa.exc.OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+            raise
+        raise LockTimeoutError(_lock_message(timeout, time.monotonic() - started)) from exc
+    conn.exec_driver_sql("SET LOCAL lock_timeout = 0")
 
 
 def _blob_cosine(a: bytes | None, b: bytes | None) -> float | None:
@@ -131,7 +212,17 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 @contextmanager
-def transaction(engine: Engine) -> Iterator[Session]:
-    """A session whose work commits when the block succeeds and rolls back when it raises."""
+def transaction(engine: Engine, *, write: bool = False) -> Iterator[Session]:
+    """A session whose work commits when the block succeeds and rolls back when it raises.
+
+    ``write``: the block writes. It first takes the store's write lock (SpatiaLite: BEGIN
+    IMMEDIATE; PostgreSQL: an advisory lock), waiting for another writer up to the lock
+    timeout (``Settings.lock_timeout``) and saying on stderr that it waits; past the timeout
+    it raises :class:`LockTimeoutError`. Readers never wait for writers.
+    """
     with session_factory(engine)() as session, session.begin():
+        if write:
+            session.connection(execution_options={"musecl_write": True})
+            if engine.dialect.name == "postgresql":
+                _pg_write_lock(session)
         yield session

@@ -17,8 +17,10 @@ from scipy import sparse
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from musecl_store import faults
 from musecl_store.bundle import digest
 from musecl_store.embeddings import load_embeddings_flags, put_embeddings
+from musecl_store.errors import InputError
 from musecl_store.images import open_checked
 from musecl_store.nn.features import mobility_features, poi_count_features
 from musecl_store.nn.fusion import BRANCHES, VISUAL
@@ -536,7 +538,7 @@ def embed_city(
     """
     mv = session.get(ModelVersion, model_version_id)
     if mv is None:
-        raise LookupError(f"model version {model_version_id} does not exist")
+        raise InputError(f"model version {model_version_id} does not exist")
     net, config = MuseclNet.load(mv.checkpoint_path)
     data = load_city_data(session, city, mobility=net.fusion is not None)
     encoder = TextEncoder(config.get("text_model", "all-MiniLM-L6-v2"))
@@ -544,6 +546,7 @@ def embed_city(
     result = embed_regions(
         region_inputs(session, data, net, encoder, config, show_progress, pending), net
     )
+    faults.point("embed:encoded")
     keep = ~result.imputed["fused"]
     session.add_all(pending)
     rev = Revision(
@@ -592,7 +595,7 @@ def visual_fusion_vectors(
     """
     mv = session.get(ModelVersion, model_version_id)
     if mv is None:
-        raise LookupError(f"model version {model_version_id} does not exist")
+        raise InputError(f"model version {model_version_id} does not exist")
     net, _ = MuseclNet.load(mv.checkpoint_path)
     ids: list[str] = []
     vecs: dict[str, np.ndarray] = {}

@@ -14,12 +14,13 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from musecl_store import dialect
+from musecl_store.errors import InputError
 from musecl_store.tables import EMBEDDING_KINDS, Embedding, Region
 
 
 def _check_kind(kind: str) -> None:
     if kind not in EMBEDDING_KINDS:
-        raise ValueError(
+        raise InputError(
             f"embedding kind must be one of {', '.join(EMBEDDING_KINDS)}, not {kind!r}"
         )
 

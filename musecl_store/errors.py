@@ -44,3 +44,25 @@ class SchemaError(MuseclError, RuntimeError):
 
 class ImageChangedError(MuseclError, FileNotFoundError):
     """An image file moved or changed since it was ingested; re-ingest the bundle."""
+
+
+class InputError(MuseclError, ValueError):
+    """A user-supplied file or value that cannot be used (the message names file and line)."""
+
+
+class SetupError(MuseclError, RuntimeError):
+    """The store cannot be opened: an unsupported URL, a missing SpatiaLite module, a file
+    that is not a database."""
+
+
+class SettingError(MuseclError, ValueError):
+    """An environment variable or option with a value that cannot be used."""
+
+
+class LockTimeoutError(MuseclError, TimeoutError):
+    """Another process held the store's write lock for longer than the lock timeout."""
+
+
+class StoreWriteError(MuseclError, OSError):
+    """The database refused a write for a reason outside musecl: a full disk, a read-only
+    file, a lost connection. Nothing of the command's work was committed."""

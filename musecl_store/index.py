@@ -1,8 +1,12 @@
 """FAISS indexes of region embeddings: a cache of the database, never its master.
 
-One index per (model version, kind), under ``<index_dir>/mv<version>-<kind>/``: the FAISS
-file and ``stamp.json`` (model version, kind, the newest embedding revision and the row
-count it reflects, the store revision at build time, the index type). Opening an index
+One index per (model version, kind), under ``<index_dir>/mv<version>-<kind>/``: FAISS files
+``index-<token>.faiss`` and ``current.json``, which names the current one and holds its stamp
+(model version, kind, the newest embedding revision and the row count it reflects, the store
+revision at build time, the index type). A save writes a new FAISS file, then replaces
+``current.json`` in one atomic rename: a reader in any process sees the old index or the new
+one, never a half-written file or a missing folder; superseded files are removed a minute
+later. Opening an index
 compares the stamp with the database (one aggregate query): rows with a newer revision are
 removed and re-added (exact indexes) or the index is rebuilt (HNSW, which cannot remove);
 a changed row count (regions deleted) rebuilds it. :meth:`RegionIndex.search` checks again
@@ -15,10 +19,11 @@ or IVF, configurable. When FAISS reports GPUs, exact and IVF indexes search on t
 
 from __future__ import annotations
 
-import contextlib
 import json
+import os
 import shutil
-import tempfile
+import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +33,14 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from musecl_store import dialect
+from musecl_store import dialect, faults
 from musecl_store.errors import MuseclError
 from musecl_store.summary import store_revision
 from musecl_store.tables import EMBEDDING_KINDS, Embedding, ModelVersion
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
+CURRENT = "current.json"
+_GRACE_S = 60.0  # a superseded index file outlives its replacement by this long
 
 
 class IndexUnavailableError(MuseclError, LookupError):
@@ -102,6 +109,61 @@ def _load_rows(
     vecs = dialect.decode_vectors(list(blobs), int(dims[0]), name)
     faiss.normalize_L2(vecs)
     return np.asarray(pks, dtype=np.int64), vecs
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_current(folder: Path) -> tuple[Stamp, Any] | None:
+    """(stamp, FAISS index) that ``current.json`` names, or None when there is none or it
+    cannot be read. A file swept away between reading the pointer and opening the file (a
+    newer save replaced it) is retried with the newer pointer."""
+    for _attempt in range(5):
+        try:
+            pointer = json.loads((folder / CURRENT).read_text())
+            stamp = Stamp(**pointer["stamp"])
+            name = str(pointer["file"])
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        if "/" in name or not name.startswith("index-"):
+            return None
+        try:
+            return stamp, faiss.read_index(str(folder / name))
+        except RuntimeError:  # faiss says "could not open" for a missing file, too
+            if (folder / name).exists():
+                return None  # there but unreadable: rebuild
+    return None
+
+
+def _sweep(folder: Path, keep: str) -> None:
+    """Remove index files (and leftovers of killed saves) that are not ``keep`` and older
+    than the grace period: a reader that read the old pointer has long opened its file."""
+    now = time.time()
+    for path in folder.iterdir():
+        if path.name in (keep, CURRENT):
+            continue
+        try:
+            if now - path.stat().st_mtime > _GRACE_S:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink()
+        except FileNotFoundError:  # another process swept it
+            pass
+
+
+def drop_index_folders(index_dir: str | Path, model_version: int) -> list[str]:
+    """Remove every cached index of a model version (it was deleted); returns the folders."""
+    removed = []
+    for folder in sorted(Path(index_dir).glob(f"mv{model_version}-*")):
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(str(folder))
+    return removed
 
 
 def _gpu_count() -> int:
@@ -184,20 +246,24 @@ class RegionIndex:
         return faiss.IndexIDMap2(ivf)
 
     def save(self) -> None:
-        """Write atomically: a new folder, then a rename; readers see old or new, never half."""
-        # Own temporary names: two processes saving the same index never touch each other's.
-        self.folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=self.folder.name + ".tmp-", dir=self.folder.parent))
-        faiss.write_index(self.cpu_index, str(tmp / "index.faiss"))
-        (tmp / "stamp.json").write_text(json.dumps(asdict(self.stamp), indent=2))
-        old = Path(tempfile.mkdtemp(prefix=self.folder.name + ".old-", dir=self.folder.parent))
-        with contextlib.suppress(FileNotFoundError):  # the first save has nothing to move
-            self.folder.rename(old / "index")
-        try:
-            tmp.rename(self.folder)
-        except OSError:  # another process put its (equally current) index there first
-            shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        """Write atomically: a new FAISS file under a name of its own, then ``current.json``
+        replaced by a rename. Readers see the old index or the new one, never half of one,
+        and the folder never disappears; two processes saving at once each publish a whole
+        (equally current) index and the last rename wins."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        token = f"{int(time.time() * 1000):x}-{uuid.uuid4().hex[:12]}"
+        name = f"index-{token}.faiss"
+        partial = self.folder / f"{name}.partial"
+        faiss.write_index(self.cpu_index, str(partial))
+        _fsync(partial)
+        os.replace(partial, self.folder / name)
+        faults.point("index:written")
+        pointer = self.folder / f"{CURRENT}.partial-{token}"
+        pointer.write_text(json.dumps({"file": name, "stamp": asdict(self.stamp)}, indent=2))
+        _fsync(pointer)
+        os.replace(pointer, self.folder / CURRENT)
+        faults.point("index:published")
+        _sweep(self.folder, keep=name)
         self._searcher = None
 
     @classmethod
@@ -212,14 +278,12 @@ class RegionIndex:
         """Open the cached index, catching it up with the database (or building it)."""
         options = options or IndexOptions()
         folder = cls.folder_for(index_dir, model_version, kind)
-        try:
-            stamp = Stamp(**json.loads((folder / "stamp.json").read_text()))
-            index = faiss.read_index(str(folder / "index.faiss"))
-        except (OSError, ValueError, TypeError, RuntimeError):
+        loaded = _read_current(folder)
+        if loaded is None:  # none yet, or unreadable: a cache miss, built from the database
             out = cls.build(session, index_dir, model_version, kind, options)
             out.rebuilt = True
             return out
-        out = cls(folder, index, stamp, options)
+        out = cls(folder, loaded[1], loaded[0], options)
         out.refresh(session)
         return out
 

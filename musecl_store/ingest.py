@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from musecl_store import geo
+from musecl_store import faults, geo
 from musecl_store.bundle import Bundle, digest, read_bundle
 from musecl_store.report import Report
 from musecl_store.tables import (
@@ -267,13 +267,19 @@ def write_bundle(session: Session, bundle: Bundle) -> IngestSummary:
     _insert_rows(session, Region, new_rows)
     for pk, values in upd_rows:
         session.execute(update(Region).where(Region.id == pk).values(**values))
+    session.flush()
+    faults.point("ingest:regions")
 
     pk_of = dict(
         session.execute(select(Region.region_id, Region.id).where(Region.city_id == city.id)).all()
     )
     pks = [pk_of[r.region_id] for r in bundle.regions]
     _write_modalities(session, bundle, city.id, pks, changed_mods)
+    session.flush()
+    faults.point("ingest:modalities")
     _write_census(session, bundle, city.id, census, census_old)
+    session.flush()
+    faults.point("ingest:census")
 
     if changes:
         session.execute(

@@ -18,9 +18,6 @@ not read again: their stored vector is what a full re-embed computes.
 
 from __future__ import annotations
 
-import os
-import signal
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +25,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from musecl_store import faults
 from musecl_store.embed import (
     CityData,
     ImageSet,
@@ -50,27 +48,12 @@ from musecl_store.tables import Embedding, ModelVersion, Region, RegionChange, R
 EMBEDDED = ("remote", "street", "poi", "mobility")
 """The modalities whose change means re-embedding a region."""
 KINDS = ("remote", "street", "poi", "fused")
-FAULT_ENV = "MUSECL_FAULT"
-"""Fault injection for crash tests: MUSECL_FAULT=<step> SIGKILLs the process at that step;
-MUSECL_PAUSE=<step>:<marker file>:<seconds> creates the marker and sleeps there (readers are
-tested against a writer caught mid-transaction)."""
-STEPS = ("planned", "images_encoded", "texts_encoded", "written", "committed", "index_updated")
+STEPS = faults.POINTS["reembed"]
+"""Its fault points, in order (see :mod:`musecl_store.faults`)."""
 
 
 class ReembedError(MuseclError, LookupError):
     """Unknown regions or model version."""
-
-
-def fault_point(step: str) -> None:
-    """Kill this process (SIGKILL: no cleanup) when MUSECL_FAULT names this step."""
-    if os.environ.get(FAULT_ENV) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
-    pause = os.environ.get("MUSECL_PAUSE", "").split(":")
-    if len(pause) == 3 and pause[0] == step:
-        from pathlib import Path
-
-        Path(pause[1]).touch()
-        time.sleep(float(pause[2]))
 
 
 @dataclass
@@ -210,7 +193,7 @@ def reembed(
         all_regions=all_regions,
         modalities=modalities,
     )
-    fault_point("planned")
+    faults.point("reembed:planned")
     if not todo:
         return ReembedResult(city, mv, None, [], {k: 0 for k in KINDS})
     regions = sorted(todo)
@@ -245,7 +228,7 @@ def reembed(
             if not changed[kind][j] and has[j] and pk in old[kind] and not old[kind][pk][1]:
                 vec[j] = old[kind][pk][0]
         visual[kind] = (vec, has)
-    fault_point("images_encoded")
+    faults.point("reembed:images_encoded")
     pending: list[Any] = []
     encoder = TextEncoder(config.get("text_model", "all-MiniLM-L6-v2"))
     text = poi_text_means(
@@ -264,7 +247,7 @@ def reembed(
         None if mobility is None else (mobility[0][rows], mobility[1][rows]),
     )
     result = embed_regions(inputs, net)
-    fault_point("texts_encoded")
+    faults.point("reembed:texts_encoded")
 
     ok = ~result.imputed["fused"]  # no image at all: nothing is fused; left unembedded
     stale_fused = np.array([pk not in old["fused"] for pk in pks], dtype=bool)
@@ -282,7 +265,7 @@ def reembed(
     recomputed = write_region_embeddings(session, pks, mv, result, rev.id, kinds=write)
     rev.summary = {"model_version": mv, "regions": len(regions), "recomputed": recomputed}
     session.flush()
-    fault_point("written")
+    faults.point("reembed:written")
     ids = [data.region_ids[r] for r in regions]
     old_fused = {
         data.region_ids[r]: old["fused"][pk][0]
@@ -360,7 +343,7 @@ def reembed_and_report(
     from musecl_store.index import RegionIndex
     from musecl_store.summary import get_city
 
-    with transaction(engine) as session:
+    with transaction(engine, write=True) as session:
         mv = model_version if model_version is not None else active_model_version(session, city)
         index = RegionIndex.open(session, index_dir, mv)  # caught up: the state before
         result = reembed(
@@ -374,12 +357,12 @@ def reembed_and_report(
         )
         pk_to_id = dict(session.execute(select(Region.id, Region.region_id)).all())
         before = neighbours(index, result.old_fused, pk_to_id=pk_to_id)
-    fault_point("committed")
+    faults.point("reembed:committed")
     report: list[dict[str, Any]] = []
     if result.revision is not None:
         with transaction(engine) as session:
             index.refresh(session)  # remove and re-add the changed ids, restamp
-            fault_point("index_updated")
+            faults.point("reembed:index_updated")
             ids, mat = load_embeddings(session, mv, "fused", get_city(session, city).id)
             wanted = set(result.regions)
             new = {r: v for r, v in zip(ids, mat, strict=True) if r in wanted}

@@ -24,7 +24,7 @@ from musecl_store.evaluation import EvalConfig, MLPFit, holdout_masks, score, tr
 from musecl_store.models import active_model_version
 from musecl_store.regression import ridge_fit_auto
 from musecl_store.summary import get_city
-from musecl_store.tables import Indicator, Prediction, Region, Regressor, Revision
+from musecl_store.tables import Indicator, ModelVersion, Prediction, Region, Regressor, Revision
 
 HEADS = ("mlp", "ridge")
 
@@ -53,7 +53,27 @@ def _unpack(blob: bytes) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def fit(
+@dataclass
+class FittedRegressor:
+    """A fitted regressor not yet stored (see :func:`save`)."""
+
+    id: str
+    city_id: int
+    model_version_id: int
+    kind: str
+    indicator: str
+    head: str
+    log_target: bool
+    params: dict[str, np.ndarray]
+    metrics: dict[str, Any]
+
+
+def fit(session: Session, city: str, indicator: str, **options: Any) -> Regressor:
+    """Cross-validate, fit and store a regressor in one session (see :func:`fit_params`)."""
+    return save(session, fit_params(session, city, indicator, **options))
+
+
+def fit_params(
     session: Session,
     city: str,
     indicator: str,
@@ -65,8 +85,9 @@ def fit(
     folds: int = 5,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
-) -> Regressor:
-    """Cross-validate, then fit on every labelled region; store and return the regressor.
+) -> FittedRegressor:
+    """Cross-validate, then fit on every labelled region; only reads the store (the slow
+    part runs with nothing locked; :func:`save` writes the result).
 
     Args:
         log: told what step is running (the MLP head takes a while); ``None`` is silent.
@@ -115,19 +136,47 @@ def fit(
         train, stop = holdout_masks(len(y), [np.array([], dtype=np.int64)], seed)
         params = train_mlps(xs, y, train, stop, cfg).arrays()
     rid = f"{indicator}-{head}-mv{mv}-{kind}-" + digest(city, seed, log_target, folds, len(y))[:8]
-    reg = session.get(Regressor, rid)
+    return FittedRegressor(
+        rid,
+        c.id,
+        mv,
+        kind,
+        indicator,
+        head,
+        log_target,
+        params,
+        {
+            **{k: round(v, 5) for k, v in metrics.items()},
+            "n": len(y),
+            "folds": folds,
+            "city": city,
+            "log_target": log_target,
+        },
+    )
+
+
+def save(session: Session, fitted: FittedRegressor) -> Regressor:
+    """Store a fitted regressor (replacing one of the same id).
+
+    Raises:
+        RegressionError: its model version was deleted while it was fitted.
+    """
+    if session.get(ModelVersion, fitted.model_version_id) is None:
+        raise RegressionError(
+            f"model version {fitted.model_version_id} was deleted while the regressor was "
+            "fitted; nothing was stored"
+        )
+    reg = session.get(Regressor, fitted.id)
     if reg is None:
-        reg = Regressor(id=rid)
+        reg = Regressor(id=fitted.id)
         session.add(reg)
-    reg.city_id, reg.model_version_id, reg.kind, reg.indicator = c.id, mv, kind, indicator
-    reg.head, reg.log_target, reg.params = head, log_target, _pack(params)
-    reg.metrics = {
-        **{k: round(v, 5) for k, v in metrics.items()},
-        "n": len(y),
-        "folds": folds,
-        "city": city,
-        "log_target": log_target,
-    }
+    reg.city_id, reg.model_version_id = fitted.city_id, fitted.model_version_id
+    reg.kind, reg.indicator, reg.head = fitted.kind, fitted.indicator, fitted.head
+    reg.log_target, reg.params, reg.metrics = (
+        fitted.log_target,
+        _pack(fitted.params),
+        fitted.metrics,
+    )
     session.flush()
     return reg
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from musecl_store.errors import InputError
+
 
 def r2_score(y: np.ndarray, pred: np.ndarray) -> float:
     """Coefficient of determination, 1 - SS_res / SS_tot."""
@@ -17,7 +19,7 @@ def r2_score(y: np.ndarray, pred: np.ndarray) -> float:
 def kfold_indices(n: int, k: int, seed: int) -> list[np.ndarray]:
     """``k`` disjoint test folds covering ``range(n)``, shuffled with ``seed``."""
     if not 2 <= k <= n:
-        raise ValueError(f"k-fold needs 2 <= k <= n (k={k}, n={n})")
+        raise InputError(f"k-fold needs 2 <= k <= n (k={k}, n={n})")
     return np.array_split(np.random.default_rng(seed).permutation(n), k)
 
 

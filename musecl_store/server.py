@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from musecl_store import __version__
 from musecl_store.api import KINDS, Store
-from musecl_store.errors import MuseclError
+from musecl_store.errors import InputError, MuseclError
 from musecl_store.geo import coordinates
 from musecl_store.maps import MapError
 
@@ -234,7 +234,7 @@ def create_app(
             the working directory).
     """
     if allow_writes and not api_key:
-        raise ValueError("writes need an API key (--api-key or MUSECL_API_KEY)")
+        raise InputError("writes need an API key (--api-key or MUSECL_API_KEY)")
 
     app = FastAPI(
         title="musecl-store",

@@ -32,7 +32,7 @@ def run_cli(url: str, index_dir: Path, **env: str) -> subprocess.Popen[bytes]:
         [
             sys.executable,
             "-m",
-            "musecl_store.cli",
+            "tests.faultcli",
             "--db",
             url,
             "reembed",
@@ -43,6 +43,7 @@ def run_cli(url: str, index_dir: Path, **env: str) -> subprocess.Popen[bytes]:
         env=full_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        cwd=Path(__file__).parent.parent,
     )
 
 
@@ -88,7 +89,7 @@ def test_kill_at_every_step(prepared, step: str) -> None:  # type: ignore[no-unt
     with transaction(engine) as s:
         now = dict(zip(*load_embeddings(s, 1, "fused"), strict=True))
         changed = {r for r in now if not np.array_equal(now[r], old[r])}
-        if STEPS.index(step) < STEPS.index("committed"):
+        if STEPS.index(step) < STEPS.index("reembed:committed"):
             assert changed == set()  # killed before the commit: all old
         else:
             assert changed == edited  # committed: every edited region's fused vector is new
@@ -109,7 +110,7 @@ def test_kill_at_every_step(prepared, step: str) -> None:  # type: ignore[no-unt
 def test_a_reader_during_a_reembed_gets_a_complete_answer(prepared, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     url, index_dir, old, edited = prepared
     marker = tmp_path / "paused"
-    proc = run_cli(url, index_dir, MUSECL_PAUSE=f"written:{marker}:4")
+    proc = run_cli(url, index_dir, MUSECL_PAUSE=f"reembed:written:{marker}:4")
     deadline = time.time() + 240
     while not marker.exists():
         assert proc.poll() is None and time.time() < deadline, "the writer never paused"

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from musecl_store.errors import InputError
+
 
 class TripletSampler:
     """Draws triplets or pairs of image indices.
@@ -43,7 +45,7 @@ class TripletSampler:
             j = self.positives[i][int(rng.integers(len(self.positives[i])))]
             banned = set(self.neighbours[i][self.neighbours[i] >= 0].tolist()) | {int(i)}
             if n_with <= sum(1 for b in banned if self.has[b]):
-                raise ValueError(
+                raise InputError(
                     "too few regions with images to draw negatives outside the top-k; "
                     "lower top_k in the config"
                 )

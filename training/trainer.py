@@ -31,6 +31,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 import musecl_store
+from musecl_store import faults
 from musecl_store.bundle import digest
 from musecl_store.db import session_factory, transaction
 from musecl_store.embed import (
@@ -409,6 +410,7 @@ class Trainer:
             "history": self.history,
         }
         self.ckpt.save(self.state)
+        faults.point("train:epoch")
         return bad >= patience
 
     def _finish_stage(self, stage: str, module: torch.nn.Module) -> None:
@@ -837,6 +839,11 @@ def train_city(
             show_progress=show_progress,
             log=log,
         )
+    faults.point("train:read")
     fitted = trainer.fit()
-    with transaction(engine) as session:
-        return trainer.write(session, fitted)
+    faults.point("train:fitted")
+    with transaction(engine, write=True) as session:
+        out = trainer.write(session, fitted)
+        faults.point("train:written")
+    faults.point("train:committed")
+    return out

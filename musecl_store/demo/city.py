@@ -25,6 +25,7 @@ from musecl_store import geo
 from musecl_store.demo import factors as F
 from musecl_store.demo import pois as P
 from musecl_store.demo import render
+from musecl_store.errors import InputError
 from musecl_store.progress import progress
 from musecl_store.regression import ridge_cv_r2
 
@@ -111,13 +112,13 @@ def make_demo_city(
         ValueError: bad arguments, or ``out`` exists and is not empty (without ``overwrite``).
     """
     if regions < 7:
-        raise ValueError(f"--regions must be at least 7, not {regions}")
+        raise InputError(f"--regions must be at least 7, not {regions}")
     if not 5 <= h3_resolution <= 12:
-        raise ValueError(f"h3 resolution must be between 5 and 12, not {h3_resolution}")
+        raise InputError(f"h3 resolution must be between 5 and 12, not {h3_resolution}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise ValueError(f"{out} exists and is not empty; pick another folder or pass --force")
+            raise InputError(f"{out} exists and is not empty; pick another folder or pass --force")
         shutil.rmtree(out)
     rng = np.random.default_rng(seed)
     name = name or f"demo-{seed}"
