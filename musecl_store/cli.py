@@ -163,6 +163,7 @@ def main(ctx: click.Context, db: str | None, lock_timeout: str | None) -> None:
     if lock_timeout is not None:
         settings = replace(settings, lock_timeout=_lock_timeout(lock_timeout))
     ctx.obj = Store(resolve_url(db, settings), settings)
+    ctx.call_on_close(ctx.obj.close)  # in-process callers (tests, notebooks) get it back
 
 
 def _lock_timeout(value: str) -> float:
