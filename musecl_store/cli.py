@@ -29,8 +29,10 @@ BUG_EXIT = 2
 
 def _database_error(exc: OperationalError | InterfaceError) -> str:
     """One line from the driver's message (server gone, disk full, locked ...)."""
-    text = str(exc.orig or exc).strip().splitlines() or ["unknown"]
-    return f"database error: {text[0]}; nothing of this command was committed"
+    text = (str(exc.orig or exc).strip().splitlines() or ["unknown"])[0]
+    if "connection" in text and ("failed" in text or "refused" in text):
+        return f"cannot reach the database server ({text}); is it running?"
+    return f"database error: {text}; nothing of this command was committed"
 
 
 def _report_bug(exc: BaseException) -> None:

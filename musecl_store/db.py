@@ -18,6 +18,7 @@ from typing import Any
 # pyproj before any SpatiaLite connection avoids it, so this import must stay here.
 import numpy as np
 import pyproj  # noqa: F401
+import shapely  # noqa: F401  (the same for GEOS: SpatiaLite's system copy must not come first)
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
