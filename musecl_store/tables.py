@@ -248,7 +248,7 @@ class Embedding(Base):
     __table_args__ = (
         UniqueConstraint("region_pk", "model_version_id", "kind"),
         CheckConstraint(_in("kind", EMBEDDING_KINDS), name="kind"),
-        Index(None, "model_version_id", "kind"),
+        Index(None, "model_version_id", "kind", "revision"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
