@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import time
+from pathlib import Path
 from typing import Any
 
 import faiss
@@ -43,6 +44,9 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--device-note", default="")
+    ap.add_argument(
+        "--exact-only", action="store_true", help="Skip the approximate indexes (HNSW, IVF)."
+    )
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     n, d, nq = args.n, args.dim, args.queries
@@ -89,6 +93,11 @@ def main() -> None:
         gflat.search(q[:10], 10)
         (_, gi), t = timed(lambda: gflat.search(q, 10), repeat=3)
         out["faiss_gpu_flat"] = {"qps": round(nq / t, 1), "recall_at_10": recall_at_10(gi, truth)}
+
+    out["exact_latency"] = _exact_latency(flat, x, q)
+    if args.exact_only:
+        print(json.dumps(out, indent=1))
+        return
 
     # approximate: FAISS HNSW vs hnswlib, same M and efConstruction, efSearch raised until
     # recall@10 >= 0.95
@@ -140,6 +149,67 @@ def main() -> None:
         filt[f"{sel:.1%}"] = {"candidates": len(cand), "latency_ms": round(1000 * t, 2)}
     out["filtered_exact"] = filt
     print(json.dumps(out, indent=1))
+
+
+def _read_bandwidth(x: np.ndarray) -> float:
+    """Bytes per second of one pass over ``x`` with every core (the best of 5)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = np.array_split(x, os.cpu_count() or 1)
+    best = float("inf")
+    with ThreadPoolExecutor(len(parts)) as pool:
+        for _ in range(5):
+            t0 = time.perf_counter()
+            list(pool.map(lambda p: p.sum(axis=0), parts))  # numpy releases the GIL
+            best = min(best, time.perf_counter() - t0)
+    return x.nbytes / best
+
+
+def _exact_latency(flat: Any, x: np.ndarray, q: np.ndarray) -> dict[str, Any]:
+    """Exact search as users run it (``RegionIndex.search_snapshot``): single queries (p50,
+    p99 against the memory-bandwidth bound of one pass over the vectors) and batches of
+    several sizes, beside FAISS with its own BLAS threshold (what musecl ran before)."""
+    from musecl_store import index as musecl_index
+    from musecl_store.index import Stamp
+
+    idx = RegionIndex(
+        Path("."), flat, Stamp(1, "fused", 1, len(x), x.shape[1], "flat", 1), IndexOptions()
+    )
+    bandwidth = _read_bandwidth(x)
+    out: dict[str, Any] = {
+        "read_bandwidth_gb_s": round(bandwidth / 1e9, 1),
+        "bandwidth_bound_ms": round(x.nbytes / bandwidth * 1e3, 1),
+    }
+    for label, threshold in (
+        ("musecl", 1),
+        ("faiss_default_threshold", musecl_index.FAISS_BLAS_THRESHOLD),
+    ):
+        faiss.cvar.distance_compute_blas_threshold = threshold
+        fast = musecl_index._NUMPY_MAX_QUERIES
+        if label != "musecl":
+            musecl_index._NUMPY_MAX_QUERIES = 0  # FAISS for single queries too
+        idx.search_snapshot(q[:1], 10)  # warm: first touch of the pages, BLAS threads
+        times = []
+        for i in range(min(200, len(q))):
+            t0 = time.perf_counter()
+            idx.search_snapshot(q[i : i + 1], 10)
+            times.append(time.perf_counter() - t0)
+        ms = np.array(times) * 1e3
+        row: dict[str, Any] = {
+            "single_p50_ms": round(float(np.percentile(ms, 50)), 1),
+            "single_p99_ms": round(float(np.percentile(ms, 99)), 1),
+        }
+        for bs in (10, 100, 500, 2000):
+            if bs <= len(q):
+                _, t = timed(lambda bs=bs: idx.search_snapshot(q[:bs], 10), repeat=3)
+                row[f"batch_{bs}_qps"] = round(bs / t, 1)
+        musecl_index._NUMPY_MAX_QUERIES = fast
+        out[label] = row
+    faiss.cvar.distance_compute_blas_threshold = 1
+    out["single_p50_over_bound"] = round(
+        out["musecl"]["single_p50_ms"] / out["bandwidth_bound_ms"], 2
+    )
+    return out
 
 
 def _build_hnsw(x: np.ndarray, ids: np.ndarray, opts: IndexOptions) -> Any:
