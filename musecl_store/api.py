@@ -90,7 +90,7 @@ def read_points_csv(path: str | Path) -> list[tuple[float, float]]:
     Raises:
         InputError: a missing file or column, a short row or a bad number, naming the line.
     """
-    from musecl_store.geo import lonlat_ok
+    from musecl_store.geo import GeoError, lonlat_ok, number, short
 
     path = Path(path)
     try:
@@ -98,22 +98,33 @@ def read_points_csv(path: str | Path) -> list[tuple[float, float]]:
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     points = []
+    line = 1
     with fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"lon", "lat"} <= set(reader.fieldnames):
-            raise InputError(f"{path}: needs lon and lat columns (found {reader.fieldnames})")
-        for row in reader:
-            line = reader.line_num
-            lon, lat = row.get("lon"), row.get("lat")
-            if lon is None or lat is None:
-                raise InputError(f"{path}:{line}: the row has no lon or lat field")
-            try:
-                x, y = float(lon), float(lat)
-            except ValueError as exc:
-                raise InputError(f"{path}:{line}: lon/lat must be numbers ({exc})") from exc
-            if not lonlat_ok(np.array([x]), np.array([y]))[0]:
-                raise InputError(f"{path}:{line}: ({x}, {y}) is not a lon/lat point")
-            points.append((x, y))
+        reader = csv.reader(fh)
+        try:
+            header = next(reader, None)
+            if header is None or header.count("lon") != 1 or header.count("lat") != 1:
+                raise InputError(
+                    f"{path}:1: needs one lon and one lat column (found {short(header)})"
+                )
+            ilon, ilat = header.index("lon"), header.index("lat")
+            line = reader.line_num + 1
+            for row in reader:
+                if row:
+                    if max(ilon, ilat) >= len(row):
+                        raise InputError(f"{path}:{line}: the row has no lon or lat field")
+                    try:
+                        x, y = number(row[ilon], "lon"), number(row[ilat], "lat")
+                    except GeoError as exc:
+                        raise InputError(f"{path}:{line}: {exc}") from exc
+                    if not lonlat_ok(np.array([x]), np.array([y]))[0]:
+                        raise InputError(f"{path}:{line}: ({x}, {y}) is not a lon/lat point")
+                    points.append((x, y))
+                line = reader.line_num + 1  # where the next record starts
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path}: not UTF-8 text near line {line} ({exc.reason})") from exc
+        except csv.Error as exc:
+            raise InputError(f"{path}:{line}: {exc}") from exc
     return points
 
 
@@ -502,10 +513,10 @@ class Store:
             query.get("point"),
             query.get("vector"),
         )
-        filters = Filters(
-            bbox=None if bbox is None else tuple(bbox),  # type: ignore[arg-type]
+        filters = Filters(  # Filters and Query check every value, naming the argument
+            bbox=bbox,  # type: ignore[arg-type]
             polygon=parse_polygon(polygon) if isinstance(polygon, str) else polygon,
-            near=None if near is None else tuple(near),  # type: ignore[arg-type]
+            near=near,  # type: ignore[arg-type]
             same_city=query.get("same_city", False),
             other_cities=query.get("other_cities", False),
             exclude_adjacent=query.get("exclude_adjacent", False),
@@ -513,8 +524,8 @@ class Store:
         where = Query(
             city=city,
             region_id=region,
-            point=None if point is None else (float(point[0]), float(point[1])),
-            vector=None if vector is None else np.asarray(vector, dtype=np.float64),
+            point=point,
+            vector=vector,  # type: ignore[arg-type]
         )
         kind = query.get("kind", "fused")
         with self._indexed(city, query.get("model_version"), kind) as (s, idx):

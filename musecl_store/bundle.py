@@ -12,12 +12,15 @@ import csv
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import h3
 import numpy as np
+import shapely
 from PIL import Image as PILImage
 from pyproj import CRS
 from shapely.geometry import MultiPolygon
@@ -38,6 +41,9 @@ CENSUS_DIR = "census"
 
 DEFAULT_H3_RESOLUTION = 8
 MAX_REGION_ID = 100
+MAX_NAME = 200  # the store's limit on city names, poi_ids, categories, indicator/layer names
+MAX_CRS_NAME = 64  # the store's limit on a CRS name; a longer one is stored as its EPSG code
+MAX_H3_CELLS = 1_000_000  # a boundary tiled into more cells than this is refused
 _CHUNK = 100_000
 _WRONG_CRS_SHARE = 0.5  # more than this share of a file's points off the globe: the CRS is wrong
 
@@ -137,29 +143,115 @@ class Bundle:
 
 # ---------------------------------------------------------------------------- helpers
 
+# Text that no store can hold: PostgreSQL refuses NUL in text and JSON, and a lone UTF-16
+# surrogate (which JSON's \\uXXXX escapes can make) cannot be encoded as UTF-8.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
-def _load_json(root: Path, name: str) -> Any:
+
+def _bad_char(text: str) -> str | None:
+    """What makes ``text`` unstorable (a NUL, a lone surrogate), or None."""
+    m = _UNSTORABLE.search(text)
+    if m is None:
+        return None
+    return "a NUL character" if m.group() == "\x00" else f"a lone surrogate {m.group()!r}"
+
+
+def _unstorable(value: Any) -> str | None:
+    """Where a JSON value holds text the store cannot hold (in a key or a string), as
+    ``"<path> holds <what>"``, or None."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        at, v = stack.pop()
+        if isinstance(v, str):
+            bad = _bad_char(v)
+            if bad:
+                return f"{at or 'the value'} holds {bad}"
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                bad = _bad_char(str(k))
+                if bad:
+                    return f"a key in {at or 'the object'} holds {bad}"
+                stack.append((f"{at}.{k}" if at else str(k), x))
+        elif isinstance(v, list):
+            stack.extend((f"{at}[{i}]", x) for i, x in enumerate(v))
+    return None
+
+
+def _inside(root: Path, name: str) -> Path:
+    """``root / name``, refused when it leaves the bundle through a symbolic link (to the
+    file, or to a folder on its way): the bundle is read as one self-contained folder."""
     path = root / name
     try:
-        with path.open(encoding="utf-8") as f:
-            return json.load(f)
+        real, base = path.resolve(), root.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise BundleError(f"cannot be resolved ({exc})", file=name) from exc
+    if not real.is_relative_to(base):
+        raise BundleError(
+            f"is a symbolic link to {str(real)!r}, outside the bundle; the bundle must hold "
+            "its files (copy the file into the bundle folder)",
+            file=name,
+        )
+    return path
+
+
+class _JsonValueError(Exception):
+    """A JSON value the bundle refuses (raised from the decoder's hooks)."""
+
+
+def _json_constant(token: str) -> Any:
+    raise _JsonValueError(f"{token} is not valid JSON; write null for a missing number")
+
+
+def _json_float(token: str) -> float:
+    x = float(token)
+    if not math.isfinite(x):
+        raise _JsonValueError(f"the number {token[:40]} is too large for a double")
+    return x
+
+
+def _load_json(root: Path, name: str) -> Any:
+    path = _inside(root, name)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"cannot read the file ({exc.strerror or exc})", file=name) from exc
+    try:
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise BundleError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})", file=name) from exc
+        line = data[: exc.start].count(b"\n") + 1
+        raise BundleError(
+            f"not valid UTF-8 ({exc.reason} at byte {exc.start}); save the file as UTF-8",
+            file=name,
+            line=line,
+        ) from exc
+    try:
+        return json.loads(text, parse_constant=_json_constant, parse_float=_json_float)
     except json.JSONDecodeError as exc:
         raise BundleError(
             f"invalid JSON: {exc.msg} (column {exc.colno})", file=name, line=exc.lineno
         ) from exc
+    except _JsonValueError as exc:
+        raise BundleError(f"invalid JSON: {exc}", file=name) from exc
+    except ValueError as exc:  # an integer past Python's 4300-digit conversion limit
+        raise BundleError(f"invalid JSON: a number is too long ({exc})", file=name) from exc
+    except RecursionError as exc:
+        raise BundleError("invalid JSON: nested too deeply", file=name) from exc
 
 
 def _check_geojson_crs(doc: dict[str, Any], name: str, crs: CRS) -> None:
     """Old-style GeoJSON may name a CRS; it must agree with city.json's."""
-    declared = (
-        (doc.get("crs") or {}).get("properties", {}).get("name")
-        if isinstance(doc.get("crs"), dict)
-        else None
-    )
-    if not declared:
+    member = doc.get("crs")
+    if member is None:
         return
+    props = member.get("properties") if isinstance(member, dict) else None
+    declared = props.get("name") if isinstance(props, dict) else None
+    if declared is None:
+        return  # no named CRS (GeoJSON's default, or a linked one): city.json's applies
+    if not isinstance(declared, str):
+        raise BundleError(
+            f'"crs" names {geo.short(declared)}; a CRS name is a string such as "EPSG:4326"',
+            file=name,
+        )
     try:
         other = geo.parse_crs(declared)
     except ValueError as exc:
@@ -172,7 +264,7 @@ def _check_geojson_crs(doc: dict[str, Any], name: str, crs: CRS) -> None:
         )
 
 
-def _features(root: Path, name: str, crs: CRS) -> list[dict[str, Any]]:
+def _features(root: Path, name: str, crs: CRS) -> list[Any]:
     doc = _load_json(root, name)
     if not isinstance(doc, dict) or doc.get("type") not in ("FeatureCollection", "Feature"):
         raise BundleError("expected a GeoJSON FeatureCollection", file=name)
@@ -203,28 +295,38 @@ class _CsvReader:
 
     def __init__(self, root: Path, name: str, required: list[str], report: Report):
         self.name, self.report = name, report
-        self.path = root / name
+        self.path = _inside(root, name)
         with self._open() as f:
             header = self._decode(lambda: next(csv.reader(f), None), 1)
         if header is None:
             raise BundleError("file is empty; it needs a header row", file=name, line=1)
         self.columns = [h.strip() for h in header]
+        for c in self.columns:
+            if "\x00" in c:
+                raise BundleError("a column name holds a NUL character", file=name, line=1)
         missing = [c for c in required if c not in self.columns]
         if missing:
             raise BundleError(
                 f"missing required column(s) {', '.join(missing)}; the header is "
-                f"{','.join(self.columns)}",
+                f"{geo.short(','.join(self.columns), 200)}",
                 file=name,
                 line=1,
             )
         dupes = sorted({c for c in self.columns if self.columns.count(c) > 1})
         if dupes:
             raise BundleError(
-                f"duplicate column(s) {', '.join(dupes)} in the header", file=name, line=1
+                f"duplicate column(s) {geo.short(', '.join(dupes), 200)} in the header",
+                file=name,
+                line=1,
             )
 
     def _open(self) -> Any:
-        return self.path.open(encoding="utf-8-sig", newline="")
+        try:
+            return self.path.open(encoding="utf-8-sig", newline="")
+        except OSError as exc:
+            raise BundleError(
+                f"cannot read the file ({exc.strerror or exc})", file=self.name
+            ) from exc
 
     def _decode(self, read: Any, line: int) -> Any:
         try:
@@ -266,13 +368,19 @@ class _CsvReader:
 
 
 def _float(value: str, what: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise ValueError(f"{what} {value!r} is not a number") from None
-    if not math.isfinite(x):
-        raise ValueError(f"{what} {value!r} is not finite")
-    return x
+    """A finite number from a CSV cell (plain decimal notation; raises ValueError)."""
+    return geo.number(value, what)
+
+
+def _text_problem(row: dict[str, str], limits: dict[str, int | None]) -> str | None:
+    """Why some of a row's text fields cannot be stored (a NUL, too long), or None."""
+    for col, limit in limits.items():
+        value = row.get(col, "")
+        if "\x00" in value:
+            return f"{col} holds a NUL character"
+        if limit is not None and len(value.strip()) > limit:
+            return f"{col} is longer than {limit} characters"
+    return None
 
 
 class _PointBatch:
@@ -335,8 +443,16 @@ class _PointBatch:
 # ---------------------------------------------------------------------------- the files
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()`` that says False, not raises, for a name the OS refuses (too long)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def read_city(root: Path) -> CitySpec:
-    if not (root / CITY).is_file():
+    if not _is_file(root / CITY):
         raise BundleNotFoundError(f"required file {CITY} is missing from {root}", file=CITY)
     doc = _load_json(root, CITY)
     if not isinstance(doc, dict):
@@ -344,20 +460,36 @@ def read_city(root: Path) -> CitySpec:
     name = doc.get("name")
     if not isinstance(name, str) or not name.strip():
         raise BundleError('"name" is required and must be a non-empty string', file=CITY)
+    if len(name.strip()) > MAX_NAME:
+        raise BundleError(f'"name" is longer than {MAX_NAME} characters', file=CITY)
     crs_name = doc.get("crs", "EPSG:4326")
     if not isinstance(crs_name, str):
-        raise BundleError(f'"crs" must be a string like "EPSG:4326", not {crs_name!r}', file=CITY)
+        raise BundleError(
+            f'"crs" must be a string like "EPSG:4326", not {geo.short(crs_name)}', file=CITY
+        )
     try:
-        geo.parse_crs(crs_name)
+        crs = geo.horizontal_crs(crs_name)
     except ValueError as exc:
         raise BundleError(f'"crs": {exc}', file=CITY) from exc
+    if len(crs_name) > MAX_CRS_NAME:
+        code = crs.to_authority(min_confidence=100)
+        if code is None:
+            raise BundleError(
+                f'"crs" is longer than {MAX_CRS_NAME} characters and has no EPSG code; name '
+                'the CRS by its code, such as "EPSG:32632"',
+                file=CITY,
+            )
+        crs_name = ":".join(code)
     res = doc.get("h3_resolution")
     if res is not None and (
         isinstance(res, bool) or not isinstance(res, int) or not 0 <= res <= 15
     ):
         raise BundleError(
-            f'"h3_resolution" must be an integer from 0 to 15, not {res!r}', file=CITY
+            f'"h3_resolution" must be an integer from 0 to 15, not {geo.short(res)}', file=CITY
         )
+    bad = _unstorable(doc)
+    if bad:
+        raise BundleError(f"{bad}, which the store cannot hold", file=CITY)
     meta = {k: v for k, v in doc.items() if k not in ("name", "crs", "h3_resolution")}
     return CitySpec(name=name.strip(), crs=crs_name, h3_resolution=res, meta=meta)
 
@@ -370,9 +502,9 @@ def read_regions(root: Path, city: CitySpec, report: Report) -> tuple[list[Regio
     """
     crs = geo.parse_crs(city.crs)
     rp = geo.Reprojector(crs)
-    if (root / REGIONS).is_file():
+    if _is_file(root / REGIONS):
         return _read_region_polygons(root, crs, rp, report), False
-    if not (root / BOUNDARY).is_file():
+    if not _is_file(root / BOUNDARY):
         raise BundleNotFoundError(
             f"the bundle needs {REGIONS} or, to tile it into H3 cells, {BOUNDARY}; "
             f"neither is in {root}",
@@ -381,14 +513,20 @@ def read_regions(root: Path, city: CitySpec, report: Report) -> tuple[list[Regio
     feats = _features(root, BOUNDARY, crs)
     parts = []
     for no, feat in enumerate(feats, start=1):
-        g = geo.geojson_geometry((feat or {}).get("geometry") or {}) if feat else None
-        if g is None or g.geom_type not in ("Polygon", "MultiPolygon"):
+        gj = feat.get("geometry") if isinstance(feat, dict) else None
+        if not isinstance(gj, dict) or gj.get("type") not in ("Polygon", "MultiPolygon"):
             raise BundleError(
                 "the boundary must be a Polygon or MultiPolygon", file=BOUNDARY, line=no
             )
+        try:
+            g = geo.geojson_geometry(gj)
+        except ValueError as exc:
+            raise BundleError(f"the boundary: {exc}", file=BOUNDARY, line=no) from exc
+        if g.is_empty:
+            raise BundleError("the boundary is an empty polygon", file=BOUNDARY, line=no)
         raw, g = g, rp.geometry(g)
         _check_lonlat(g, BOUNDARY, crs, raw, no)
-        g, why = geo.fix_polygon(g)
+        g, why = _fix(g, BOUNDARY, no)
         if why:
             report.fix(BOUNDARY, no, f"invalid boundary ({why}) repaired with make_valid")
         parts.extend(g.geoms)
@@ -398,14 +536,47 @@ def read_regions(root: Path, city: CitySpec, report: Report) -> tuple[list[Regio
     if res is None:
         res = DEFAULT_H3_RESOLUTION
         report.note(CITY, None, f"no h3_resolution given; tiling the boundary at resolution {res}")
-    cells = geo.h3_cells(MultiPolygon(parts), res)
+    try:  # features may overlap: one shape, each cell once
+        boundary = (
+            geo.polygonal(shapely.union_all(parts)) if len(parts) > 1 else MultiPolygon(parts)
+        )
+    except shapely.errors.GEOSException as exc:
+        raise BundleError(f"cannot merge the boundary's polygons ({exc})", file=BOUNDARY) from exc
+    # H3 sizes its work by the boundary's lon/lat box: estimate the cells from the larger of
+    # the box's and the shape's area, so that neither a huge box nor a huge shape gets through
+    area = max(geo.area_km2(boundary), geo.box_area_km2(boundary.bounds))
+    estimate = area / h3.average_hexagon_area(res, unit="km^2")
+    if estimate > MAX_H3_CELLS:
+        raise BundleError(
+            f"tiling the boundary at H3 resolution {res} would make about {estimate:,.0f} "
+            f"regions (at most {MAX_H3_CELLS:,}); use a coarser h3_resolution in city.json",
+            file=BOUNDARY,
+        )
+    try:
+        cells = geo.h3_cells(boundary, res)
+    except Exception as exc:  # h3's errors for shapes it cannot fill
+        raise BundleError(f"cannot tile the boundary into H3 cells ({exc})", file=BOUNDARY) from exc
     if not cells:
         raise BundleError(
             f"no H3 cell of resolution {res} has its centre inside the boundary; "
             "use a finer h3_resolution in city.json",
             file=BOUNDARY,
         )
-    return [RegionRecord(c, MultiPolygon([geo.cell_polygon(c)]), c) for c in cells], True
+    regions = []
+    for c in cells:
+        try:
+            regions.append(RegionRecord(c, geo.cell_shape(c), c))
+        except ValueError as exc:
+            raise BundleError(f"{exc}; leave the pole out of the boundary", file=BOUNDARY) from exc
+    return regions, True
+
+
+def _fix(g: Any, name: str, line: int) -> tuple[MultiPolygon, str | None]:
+    """``geo.fix_polygon`` of a feature; GEOS failing on a degenerate shape is a BundleError."""
+    try:
+        return geo.fix_polygon(g)
+    except shapely.errors.GEOSException as exc:
+        raise BundleError(f"cannot repair the polygon ({exc})", file=name, line=line) from exc
 
 
 def _read_region_polygons(
@@ -418,10 +589,17 @@ def _read_region_polygons(
         if not isinstance(feat, dict) or feat.get("type") != "Feature":
             raise BundleError("is not a GeoJSON Feature", file=REGIONS, line=no)
         props = feat.get("properties") or {}
+        if not isinstance(props, dict):
+            raise BundleError(
+                f'feature {no} has "properties" {geo.short(props)}; it must be an object '
+                'holding "region_id"',
+                file=REGIONS,
+                line=no,
+            )
         rid = props.get("region_id")
         if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not str(rid).strip():
             raise BundleError(
-                f'feature {no} has no usable "region_id" property (got {rid!r}); '
+                f'feature {no} has no usable "region_id" property (got {geo.short(rid)}); '
                 "every region needs a unique string id",
                 file=REGIONS,
                 line=no,
@@ -434,6 +612,13 @@ def _read_region_polygons(
                 kind="numeric region_id",
             )
         rid = str(rid).strip()
+        bad_text = _bad_char(rid)
+        if bad_text:
+            raise BundleError(
+                f"region_id {geo.short(rid)} holds {bad_text}, which the store cannot hold",
+                file=REGIONS,
+                line=no,
+            )
         if len(rid) > MAX_REGION_ID:
             raise BundleError(
                 f"region_id {rid[:20]!r}... is longer than {MAX_REGION_ID} characters",
@@ -451,7 +636,8 @@ def _read_region_polygons(
         if not isinstance(gj, dict) or gj.get("type") not in ("Polygon", "MultiPolygon"):
             kind = gj.get("type") if isinstance(gj, dict) else "missing"
             raise BundleError(
-                f"region {rid!r} has geometry {kind}; regions must be Polygon or MultiPolygon",
+                f"region {rid!r} has geometry {kind if isinstance(kind, str) else geo.short(kind)}"
+                "; regions must be Polygon or MultiPolygon",
                 file=REGIONS,
                 line=no,
             )
@@ -463,7 +649,7 @@ def _read_region_polygons(
             raise BundleError(f"region {rid!r} has an empty geometry", file=REGIONS, line=no)
         raw, g = g, rp.geometry(g)
         _check_lonlat(g, REGIONS, crs, raw, no)
-        fixed, why = geo.fix_polygon(g)
+        fixed, why = _fix(g, REGIONS, no)
         if why:
             if fixed.is_empty:
                 raise BundleError(
@@ -480,7 +666,10 @@ def _read_region_polygons(
         regions.append(RegionRecord(rid, fixed, None))
     if not regions:
         raise BundleError("holds no region", file=REGIONS)
-    bad = geo.overlaps([r.geom for r in regions])
+    try:
+        bad = geo.overlaps([r.geom for r in regions])
+    except shapely.errors.GEOSException as exc:
+        raise BundleError(f"cannot compare the regions' shapes ({exc})", file=REGIONS) from exc
     if bad:
         i, j, frac = bad[0]
         more = f" ({len(bad) - 1} more pairs)" if len(bad) > 1 else ""
@@ -497,9 +686,10 @@ def _read_region_polygons(
 def read_pois(
     root: Path, crs: CRS, locator: geo.RegionLocator, report: Report, show: bool | None
 ) -> list[PoiRecord]:
-    if not (root / POIS).is_file():
+    if not _is_file(root / POIS):
         raise BundleNotFoundError(f"required file {POIS} is missing from {root}", file=POIS)
     reader = _CsvReader(root, POIS, ["poi_id", "lon", "lat", "name", "category"], report)
+    limits = {"poi_id": MAX_NAME, "category": MAX_NAME, "name": None, "text": None}
     batch = _PointBatch(POIS, crs, geo.Reprojector(crs))
     rows: list[tuple[int, str, str, str, str]] = []
     seen: dict[str, int] = {}
@@ -518,6 +708,10 @@ def read_pois(
             continue
         if not category:
             report.skip(POIS, line, "empty category")
+            continue
+        problem = _text_problem(row, limits)
+        if problem:
+            report.skip(POIS, line, f"{problem}; the store cannot hold it", kind="unstorable text")
             continue
         try:
             x, y = _float(row["lon"], "lon"), _float(row["lat"], "lat")
@@ -545,7 +739,7 @@ def read_trips(
     show: bool | None,
 ) -> Mobility:
     mob = Mobility(np.zeros(n_regions, np.int64), np.zeros(n_regions, np.int64), {})
-    if not (root / TRIPS).is_file():
+    if not _is_file(root / TRIPS):
         return mob
     reader = _CsvReader(root, TRIPS, ["origin_lon", "origin_lat", "dest_lon", "dest_lat"], report)
     rp = geo.Reprojector(crs)
@@ -583,24 +777,67 @@ def read_trips(
     return mob
 
 
+_LEAVES = "image path leaves the bundle"
+
+
+class _PathError(ValueError):
+    """An image path that cannot be used; ``kind`` is the report's reason group."""
+
+    def __init__(self, message: str, kind: str = "bad image path"):
+        super().__init__(message)
+        self.kind = kind
+
+
 def _image_path(value: str, root: Path) -> str:
     """Normalise a bundle-relative image path; raises ValueError for one that leaves the bundle."""
     raw = value.strip().replace("\\", "/")
     if not raw:
-        raise ValueError("empty path")
+        raise _PathError("empty path")
+    if "\x00" in raw:
+        raise _PathError(f"path {geo.short(value)} holds a NUL character")
     p = PurePosixPath(raw)
     if p.is_absolute() or ".." in p.parts:
-        raise ValueError(f"path {value!r} must be relative to the bundle and stay inside it")
+        raise _PathError(
+            f"path {geo.short(value)} must be relative to the bundle and stay inside it", _LEAVES
+        )
     return p.as_posix()
+
+
+def _image_file(root: Path, rel: str) -> Path:
+    """The file behind a normalised image path; raises _PathError when it is missing, not a
+    regular file, or a symbolic link (of the file or of a folder on its way) that leaves the
+    bundle, which is refused like a ``..`` path."""
+    path = root / rel
+    try:
+        real = path.resolve()
+        inside = real.is_relative_to(root.resolve())
+        exists = path.exists()
+        regular = path.is_file()
+    except (OSError, RuntimeError, ValueError) as exc:  # too long a name, a symlink loop
+        raise _PathError(f"image file {geo.short(rel)} cannot be opened ({exc})") from exc
+    if not inside:
+        raise _PathError(
+            f"path {geo.short(rel)} must be relative to the bundle and stay inside it "
+            f"(it is a symbolic link to {str(real)!r}, outside the bundle)",
+            _LEAVES,
+        )
+    if not exists:
+        raise _PathError(f"image file {rel!r} does not exist", "missing image file")
+    if not regular:
+        raise _PathError(f"image file {rel!r} is not a regular file", "missing image file")
+    return path
 
 
 def file_facts(path: Path) -> tuple[str, int, int, int]:
     """sha256, size and pixel size of an image file.
 
     Raises:
-        ValueError: Pillow cannot decode it.
+        ValueError: the file cannot be read, or Pillow cannot decode it.
     """
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read image {path.name!r} ({exc.strerror or exc})") from exc
     try:
         with PILImage.open(path) as img:
             img.load()
@@ -615,7 +852,7 @@ def file_facts(path: Path) -> tuple[str, int, int, int]:
 def read_images(
     root: Path, crs: CRS, locator: geo.RegionLocator, report: Report, show: bool | None
 ) -> list[ImageRecord]:
-    if not (root / IMAGES).is_file():
+    if not _is_file(root / IMAGES):
         return []
     reader = _CsvReader(root, IMAGES, ["path", "kind", "lon", "lat"], report)
     batch = _PointBatch(IMAGES, crs, geo.Reprojector(crs))
@@ -627,12 +864,16 @@ def read_images(
             report.skip(
                 IMAGES,
                 line,
-                f"kind {row['kind']!r} is neither 'remote' nor 'street'",
+                f"kind {geo.short(row['kind'])} is neither 'remote' nor 'street'",
                 kind="unknown image kind",
             )
             continue
         try:
             rel = _image_path(row["path"], root)
+        except _PathError as exc:
+            report.skip(IMAGES, line, str(exc), kind=exc.kind)
+            continue
+        try:
             x, y = _float(row["lon"], "lon"), _float(row["lat"], "lat")
             h = row.get("heading", "").strip()
             heading = _float(h, "heading") % 360.0 if h else None
@@ -655,11 +896,10 @@ def read_images(
     out: list[ImageRecord] = []
     todo = [(i, p) for i, p in enumerate(parsed) if region[i] >= 0]
     for i, (line, rel, kind, heading) in progress(todo, desc="images", enabled=show, unit="img"):
-        path = root / rel
-        if not path.is_file():
-            report.skip(
-                IMAGES, line, f"image file {rel!r} does not exist", kind="missing image file"
-            )
+        try:
+            path = _image_file(root, rel)
+        except _PathError as exc:
+            report.skip(IMAGES, line, str(exc), kind=exc.kind)
             continue
         try:
             sha, size, width, height = file_facts(path)
@@ -687,7 +927,7 @@ def read_images(
 def read_indicators(
     root: Path, index: dict[str, int], report: Report
 ) -> dict[int, dict[str, float]]:
-    if not (root / INDICATORS).is_file():
+    if not _is_file(root / INDICATORS):
         return {}
     reader = _CsvReader(root, INDICATORS, ["region_id"], report)
     names = [c for c in reader.columns if c != "region_id"]
@@ -695,6 +935,13 @@ def read_indicators(
         raise BundleError("has no indicator column besides region_id", file=INDICATORS, line=1)
     if any(not n for n in names):
         raise BundleError("has an indicator column with an empty name", file=INDICATORS, line=1)
+    long = [n for n in names if len(n) > MAX_NAME]
+    if long:
+        raise BundleError(
+            f"indicator name {geo.short(long[0])} is longer than {MAX_NAME} characters",
+            file=INDICATORS,
+            line=1,
+        )
     out: dict[int, dict[str, float]] = {}
     seen: dict[str, int] = {}
     for line, row in reader:
@@ -730,6 +977,16 @@ def read_indicators(
     return out
 
 
+def _numeric(v: Any) -> bool:
+    """A census value that is a number a double can hold (not a bool, not 1e400 as an int)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
 def read_census(root: Path, crs: CRS, report: Report) -> list[CensusLayerRecord]:
     folder = root / CENSUS_DIR
     if not folder.is_dir():
@@ -738,6 +995,14 @@ def read_census(root: Path, crs: CRS, report: Report) -> list[CensusLayerRecord]
     layers: list[CensusLayerRecord] = []
     for path in sorted(folder.glob("*.geojson")):
         name = f"{CENSUS_DIR}/{path.name}"
+        bad = _bad_char(path.stem)  # a file name that is not UTF-8 decodes to surrogates
+        if bad or len(path.stem) > MAX_NAME:
+            what = f"holds {bad}" if bad else f"is longer than {MAX_NAME} characters"
+            report.skip(name, None, f"the layer name {what}; not stored", kind="bad layer name")
+            continue
+        if not _is_file(_inside(root, name)):
+            report.skip(name, None, "is not a file; not read", kind="not a file")
+            continue
         feats = _features(root, name, crs)
         rows: list[tuple[int, MultiPolygon, dict[str, Any]]] = []
         for no, feat in enumerate(feats, start=1):
@@ -755,9 +1020,19 @@ def read_census(root: Path, crs: CRS, report: Report) -> list[CensusLayerRecord]
             except ValueError as exc:
                 report.skip(name, no, str(exc), kind="malformed geometry")
                 continue
+            if raw.is_empty:
+                report.skip(name, no, "empty polygon", kind="empty polygon")
+                continue
+            props = feat.get("properties") or {}
+            bad = _unstorable(props)
+            if bad:
+                report.skip(
+                    name, no, f"properties: {bad}, which the store cannot hold", kind="bad text"
+                )
+                continue
             g = rp.geometry(raw)
             _check_lonlat(g, name, crs, raw, no)
-            fixed, why = geo.fix_polygon(g)
+            fixed, why = _fix(g, name, no)
             if why:
                 report.fix(
                     name,
@@ -768,7 +1043,6 @@ def read_census(root: Path, crs: CRS, report: Report) -> list[CensusLayerRecord]
             if fixed.is_empty:
                 report.skip(name, no, "empty polygon", kind="empty polygon")
                 continue
-            props = feat.get("properties") or {}
             rows.append((no, fixed, props if isinstance(props, dict) else {}))
         if not rows:
             report.skip(name, None, "layer has no usable polygon; not stored", kind="empty layer")
@@ -776,11 +1050,7 @@ def read_census(root: Path, crs: CRS, report: Report) -> list[CensusLayerRecord]
         fields = sorted(
             k
             for k in {k for _, _, p in rows for k in p}
-            if all(
-                p.get(k) is None
-                or (isinstance(p.get(k), (int, float)) and not isinstance(p.get(k), bool))
-                for _, _, p in rows
-            )
+            if all(p.get(k) is None or _numeric(p.get(k)) for _, _, p in rows)
             and any(p.get(k) is not None for _, _, p in rows)
         )
         layers.append(
@@ -800,13 +1070,17 @@ def read_bundle(path: str | Path, *, show_progress: bool | None = None) -> Bundl
         BundleNotFoundError: the directory or a required file is missing.
         BundleError: a fatal defect; the message names the file (and line or feature).
     """
-    root = Path(path).expanduser().resolve()
-    if not root.is_dir():
+    try:
+        root = Path(path).expanduser().resolve()
+        found = root.is_dir()
+    except (OSError, RuntimeError, ValueError):  # a NUL in the path, a symlink loop
+        found = False
+    if not found:
         raise BundleNotFoundError(f"bundle directory {str(path)!r} does not exist")
     report = Report()
     city = read_city(root)
     crs = geo.parse_crs(city.crs)
-    if not (root / POIS).is_file():  # check every required file before the slow work
+    if not _is_file(root / POIS):  # check every required file before the slow work
         raise BundleNotFoundError(f"required file {POIS} is missing from {root}", file=POIS)
     regions, is_h3 = read_regions(root, city, report)
     locator = geo.RegionLocator(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,16 +16,68 @@ from pyproj.exceptions import CRSError
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
+from musecl_store.errors import MuseclError
+
 WGS84 = CRS.from_epsg(4326)
 _GEOD = Geod(ellps="WGS84")
 
+# A plain decimal number in ASCII: what ``float`` reads minus its extras (``1_000``, ``nan``,
+# ``inf``, non-ASCII digits such as ``١``), which are typos or hostile input in a coordinate.
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+
+
+class GeoError(MuseclError, ValueError):
+    """A coordinate, CRS or geometry given as input that cannot be used (the message says
+    which value and why)."""
+
+
+def number(text: str, what: str) -> float:
+    """A finite float from a plain decimal string (surrounding blanks allowed).
+
+    Raises:
+        GeoError: naming ``what`` and the value, for anything else (``nan``, ``inf``,
+            ``1_000``, ``0x1``, an overflow such as ``1e999``).
+    """
+    s = text.strip() if isinstance(text, str) else None
+    if s is None or not _NUMBER.fullmatch(s):
+        raise GeoError(f"{what} {short(text)} is not a number")
+    x = float(s)
+    if not math.isfinite(x):
+        raise GeoError(f"{what} {short(text)} is not finite")
+    return x
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """``repr`` of a value on one line, cut to ``limit`` characters: messages stay one short
+    line."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
 
 def parse_crs(value: str) -> CRS:
-    """Parse a CRS name such as ``EPSG:4326``; raises ``ValueError`` naming the value."""
+    """Parse a CRS name such as ``EPSG:4326``; raises :class:`GeoError` naming the value."""
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise GeoError(f"unknown CRS {short(value)} (give a name such as 'EPSG:4326')")
     try:
         return CRS.from_user_input(value)
-    except (CRSError, TypeError) as exc:
-        raise ValueError(f"unknown CRS {value!r} ({exc})") from exc
+    except (CRSError, TypeError, ValueError) as exc:
+        raise GeoError(f"unknown CRS {short(value)} ({' '.join(str(exc).split())[:200]})") from exc
+
+
+def horizontal_crs(value: str) -> CRS:
+    """A CRS that places points on the globe (geographic or projected, 2-D, possibly with a
+    vertical part) and can be transformed to lon/lat; raises :class:`GeoError` otherwise."""
+    crs = parse_crs(value)
+    if not (crs.is_geographic or crs.is_projected):
+        raise GeoError(
+            f"CRS {short(value)} ({crs.type_name}) is not a geographic or projected CRS; "
+            "name the CRS the x/y coordinates are in, such as 'EPSG:4326' or 'EPSG:32632'"
+        )
+    try:
+        _transformer(crs)
+    except Exception as exc:  # pyproj.exceptions.ProjError and friends
+        raise GeoError(f"CRS {short(value)} cannot be transformed to EPSG:4326 ({exc})") from exc
+    return crs
 
 
 def same_crs(a: CRS, b: CRS) -> bool:
@@ -70,22 +124,40 @@ def coordinates(value: str | Sequence[float], names: str) -> tuple[float, ...]:
     ``"MINLON,MINLAT,MAXLON,MAXLAT"``), from a comma-separated string or a sequence: as many
     as named, finite, and the LON and LAT ones on the globe.
 
+    A ``KM`` must be positive.
+
     Raises:
-        ValueError: naming what is wrong.
+        GeoError: (a ``ValueError``) naming what is wrong.
     """
-    try:
-        parts = tuple(float(v) for v in (value.split(",") if isinstance(value, str) else value))
-    except (TypeError, ValueError):
-        parts = ()
     wanted = names.split(",")
-    if len(parts) != len(wanted) or not all(np.isfinite(parts)):
-        raise ValueError(f"expected {names}, got {value!r}")
+    try:
+        if isinstance(value, str):
+            parts = tuple(number(v, "x") for v in value.split(","))
+        elif not isinstance(value, Sequence | np.ndarray) or isinstance(value, bytes):
+            parts = ()
+        else:
+            parts = tuple(_scalar(v) for v in value)
+    except (TypeError, ValueError, OverflowError):
+        parts = ()
+    if len(parts) != len(wanted) or not all(math.isfinite(p) for p in parts):
+        raise GeoError(f"expected {names}, got {short(value)}")
     for name, v in zip(wanted, parts, strict=True):
         if name.endswith("LON") and not -180 <= v <= 180:
-            raise ValueError(f"longitude {v} is outside -180..180")
+            raise GeoError(f"longitude {v} is outside -180..180")
         if name.endswith("LAT") and not -90 <= v <= 90:
-            raise ValueError(f"latitude {v} is outside -90..90")
+            raise GeoError(f"latitude {v} is outside -90..90")
+        if name == "KM" and not v > 0:
+            raise GeoError(f"the distance in km must be positive, not {v}")
     return parts
+
+
+def _scalar(v: Any) -> float:
+    """A real number given as a number or a plain decimal string (not a bool)."""
+    if isinstance(v, str):
+        return number(v, "x")
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"not a number: {v!r}")
+    return float(v)
 
 
 def polygonal(geom: BaseGeometry) -> MultiPolygon:
@@ -114,14 +186,46 @@ def area_km2(geom: BaseGeometry) -> float:
     return abs(area) / 1e6
 
 
+def box_area_km2(bounds: tuple[float, float, float, float]) -> float:
+    """Area of a lon/lat box (minx, miny, maxx, maxy) on the authalic sphere, in km²."""
+    minx, miny, maxx, maxy = bounds
+    r = 6371.0072  # km, the radius of the sphere of the WGS84 ellipsoid's area
+    return float(
+        r * r * np.radians(maxx - minx) * (np.sin(np.radians(maxy)) - np.sin(np.radians(miny)))
+    )
+
+
 def cell_polygon(cell: str) -> Polygon:
     """An H3 cell's boundary as a lon/lat polygon."""
     return Polygon([(lng, lat) for lat, lng in h3.cell_to_boundary(cell)])
 
 
+def cell_shape(cell: str) -> MultiPolygon:
+    """An H3 cell as a valid lon/lat MultiPolygon: a cell that crosses the antimeridian is
+    cut there into its east and west parts (``cell_polygon`` would wrap it around the globe).
+
+    Raises:
+        GeoError: the cell contains a pole, which no lon/lat polygon of its ring describes.
+    """
+    pts = [(lng, lat) for lat, lng in h3.cell_to_boundary(cell)]
+    lons = [x for x, _ in pts]
+    if max(lons) - min(lons) <= 180:
+        return polygonal(Polygon(pts))
+    unwrapped = [(x + 360.0 if x < 0 else x, y) for x, y in pts]
+    ux = [x for x, _ in unwrapped]
+    if max(ux) - min(ux) > 180:
+        raise GeoError(f"H3 cell {cell} contains a pole; a pole cannot be tiled in lon/lat")
+    ring = Polygon(unwrapped)
+    west = shapely.intersection(ring, shapely.box(0.0, -90.0, 180.0, 90.0))
+    east = shapely.intersection(ring, shapely.box(180.0, -90.0, 360.0, 90.0))
+    east = shapely.transform(east, lambda xy: xy - np.array([360.0, 0.0]))
+    return polygonal(shapely.union(west, east))
+
+
 def h3_cells(boundary: BaseGeometry, resolution: int) -> list[str]:
-    """The H3 cells at ``resolution`` whose centre lies inside ``boundary``, sorted."""
-    return sorted(h3.geo_to_cells(shapely.geometry.mapping(boundary), resolution))
+    """The H3 cells at ``resolution`` whose centre lies inside ``boundary``, sorted, each once
+    (parts of a MultiPolygon may overlap)."""
+    return sorted(set(h3.geo_to_cells(shapely.geometry.mapping(boundary), resolution)))
 
 
 def overlaps(
@@ -195,8 +299,17 @@ def to_ewkt(geom: BaseGeometry) -> str:
 
 
 def geojson_geometry(obj: Any) -> BaseGeometry:
-    """Shapely geometry from a GeoJSON geometry object (raises ValueError when malformed)."""
+    """Shapely geometry from a GeoJSON geometry object (raises :class:`GeoError`, a
+    ``ValueError``, when malformed: a wrong type, non-numeric or non-finite coordinates, an
+    unclosed ring)."""
+    if not isinstance(obj, dict):
+        raise GeoError(f"malformed geometry (a GeoJSON geometry is an object, not {short(obj)})")
     try:
-        return shapely.geometry.shape(obj)
+        geom = shapely.geometry.shape(obj)
     except Exception as exc:  # shapely raises a mix of types for malformed input
-        raise ValueError(f"malformed geometry ({exc})") from exc
+        raise GeoError(f"malformed geometry ({' '.join(str(exc).split())[:200]})") from exc
+    if geom is None:
+        raise GeoError("malformed geometry (no geometry)")
+    if not geom.is_empty and not np.isfinite(shapely.get_coordinates(geom)).all():
+        raise GeoError("malformed geometry (a coordinate is not a finite number)")
+    return geom

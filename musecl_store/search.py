@@ -25,7 +25,7 @@ from shapely.geometry.base import BaseGeometry
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from musecl_store import dialect
+from musecl_store import dialect, geo
 from musecl_store.errors import MuseclError
 from musecl_store.index import RegionIndex
 from musecl_store.summary import get_city
@@ -54,33 +54,86 @@ class Filters:
         if self.same_city and self.other_cities:
             raise SearchError("same_city and other_cities exclude each other; pick one")
         if self.bbox is not None:
-            minx, miny, maxx, maxy = self.bbox
+            bbox = _numbers(self.bbox, "MINLON,MINLAT,MAXLON,MAXLAT", "bbox")
+            minx, miny, maxx, maxy = bbox
             if not (minx < maxx and miny < maxy):
-                raise SearchError(f"bbox must be MINLON,MINLAT,MAXLON,MAXLAT, got {self.bbox}")
-        if self.near is not None and self.near[2] <= 0:
-            raise SearchError(f"the distance in km must be positive, not {self.near[2]}")
-        if self.polygon is not None and self.polygon.geom_type not in ("Polygon", "MultiPolygon"):
-            raise SearchError(f"the filter polygon must be a Polygon, not {self.polygon.geom_type}")
+                raise SearchError(
+                    f"bbox must be MINLON,MINLAT,MAXLON,MAXLAT with MIN < MAX, got {bbox}"
+                )
+            object.__setattr__(self, "bbox", bbox)
+        if self.near is not None:
+            object.__setattr__(self, "near", _numbers(self.near, "LON,LAT,KM", "near"))
+        if self.polygon is not None:
+            if not isinstance(self.polygon, BaseGeometry):
+                raise SearchError(
+                    f"the filter polygon must be a shapely geometry, WKT or GeoJSON, not "
+                    f"{geo.short(self.polygon)}"
+                )
+            _check_polygon(self.polygon)
 
     @property
     def spatial(self) -> bool:
         return self.bbox is not None or self.polygon is not None or self.near is not None
 
 
+def _numbers(value: Any, names: str, what: str) -> tuple[float, ...]:
+    """``geo.coordinates`` of a filter's numbers, failing as a SearchError naming the filter."""
+    try:
+        return geo.coordinates(value, names)
+    except ValueError as exc:
+        raise SearchError(f"{what}: {exc}") from exc
+
+
+def _check_polygon(geom: BaseGeometry) -> None:
+    """A filter polygon must be a non-empty (Multi)Polygon with lon/lat coordinates."""
+    if geom.geom_type not in ("Polygon", "MultiPolygon"):
+        raise SearchError(f"the filter polygon must be a Polygon, not {geom.geom_type}")
+    if geom.is_empty:
+        raise SearchError("the filter polygon is empty")
+    xy = shapely.get_coordinates(geom)
+    if not geo.lonlat_ok(xy[:, 0], xy[:, 1]).all():
+        raise SearchError(
+            "the filter polygon's coordinates must be longitude/latitude (finite, "
+            "-180..180, -90..90)"
+        )
+    if not geom.area > 0:
+        raise SearchError("the filter polygon has no area")
+
+
 def parse_polygon(text: str) -> BaseGeometry:
-    """A polygon from WKT or GeoJSON text; raises SearchError naming the problem."""
+    """A polygon from WKT or GeoJSON text; raises SearchError naming the problem.
+
+    An invalid polygon (a bow-tie) is repaired with ``make_valid``; the result must be a
+    non-empty Polygon or MultiPolygon in lon/lat."""
+    if not isinstance(text, str):
+        raise SearchError(f"the polygon must be WKT or GeoJSON text, not {geo.short(text)}")
     text = text.strip()
     try:
         if text.startswith("{"):
             obj = json.loads(text)
-            obj = obj.get("geometry", obj) if obj.get("type") == "Feature" else obj
-            geom = shapely.geometry.shape(obj)
+            if isinstance(obj, dict) and obj.get("type") == "Feature":
+                obj = obj.get("geometry")
+            geom = geo.geojson_geometry(obj)
         else:
-            geom = shapely.from_wkt(text)
-    except Exception as exc:
-        raise SearchError(f"cannot read the polygon ({exc}); give WKT or GeoJSON") from exc
+            with np.errstate(all="ignore"):  # "1e400" or "nan" in WKT: refused below, quietly
+                geom = shapely.from_wkt(text)
+    except Exception as exc:  # shapely, json and GEOS raise many types
+        why = " ".join(str(exc).split())  # one line: GEOS quotes the input back
+        why = why if len(why) <= 160 else f"{why[:157]}..."
+        raise SearchError(f"cannot read the polygon ({why}); give WKT or GeoJSON") from exc
+    if geom is None:
+        raise SearchError("cannot read the polygon (no geometry); give WKT or GeoJSON")
+    if geom.geom_type not in ("Polygon", "MultiPolygon"):
+        raise SearchError(f"the filter polygon must be a Polygon, not {geom.geom_type}")
+    xy = shapely.get_coordinates(geom)
+    if not geo.lonlat_ok(xy[:, 0], xy[:, 1]).all():
+        _check_polygon(geom)  # says why
     if not geom.is_valid:
-        geom = shapely.make_valid(geom)
+        try:
+            geom = geo.polygonal(shapely.make_valid(geom))
+        except shapely.errors.GEOSException as exc:
+            raise SearchError(f"cannot repair the polygon ({exc})") from exc
+    _check_polygon(geom)
     return geom
 
 
@@ -113,13 +166,53 @@ class Hit:
 
 @dataclass
 class Query:
-    """What to search from: exactly one of a region, a vector or a point."""
+    """What to search from: exactly one of a region, a vector or a point.
+
+    A vector must be a 1-D sequence of finite numbers (not all zeros) that fit in float32;
+    its length is checked against the index when searching. A point is lon, lat.
+
+    Raises:
+        SearchError: a vector or point that cannot be a query, naming what is wrong.
+    """
 
     city: str | None = None
     region_id: str | None = None
     vector: np.ndarray | None = None
     point: tuple[float, float] | None = None
     _pk: int | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.vector is not None:
+            self.vector = query_vector(self.vector)
+        if self.point is not None:
+            lon, lat = _numbers(self.point, "LON,LAT", "point")
+            self.point = (lon, lat)
+        if self.region_id is not None and not isinstance(self.region_id, str):
+            raise SearchError(f"a region id is a string, not {geo.short(self.region_id)}")
+
+
+def query_vector(value: Any) -> np.ndarray:
+    """A query vector as float64, 1-D; raises SearchError saying what is wrong with it."""
+    if isinstance(value, (str, bytes, dict)):
+        raise SearchError(f"the query vector must be a list of numbers, not {geo.short(value)}")
+    try:
+        raw = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SearchError(f"the query vector must be a list of numbers ({exc})") from exc
+    if raw.ndim != 1:
+        raise SearchError(
+            f"the query vector must be one row of numbers (1-D), not an array of shape {raw.shape}"
+        )
+    if raw.size == 0:
+        raise SearchError("the query vector is empty")
+    big = float(np.finfo(np.float32).max)
+    if not np.isfinite(raw).all():
+        raise SearchError("the query vector holds NaN or infinite values; give finite numbers")
+    if np.abs(raw).max() > big:
+        raise SearchError(f"the query vector holds values beyond float32's range (±{big:.3g})")
+    if not np.any(raw):
+        raise SearchError("the query vector is all zeros; it has no direction to compare")
+    return raw
 
 
 def region_at(session: Session, lon: float, lat: float, city: str | None = None) -> tuple[int, str]:
@@ -213,8 +306,8 @@ def similar(
         SearchError: no or several query sources, an unknown region, a point in no region.
     """
     filters = filters or Filters()
-    if k < 1:
-        raise SearchError(f"k must be at least 1, not {k}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise SearchError(f"k must be an integer of at least 1, not {geo.short(k)}")
     sources = [query.region_id is not None, query.vector is not None, query.point is not None]
     if sum(sources) != 1:
         raise SearchError("give exactly one of a region id, a vector or a point")
@@ -243,16 +336,14 @@ def similar(
             ) from exc
     else:
         assert query.vector is not None
-        raw = np.asarray(query.vector, dtype=np.float64).reshape(-1)
+        raw = query_vector(query.vector)
         if raw.shape[0] != index.stamp.dim:
             raise SearchError(
                 f"the query vector has {raw.shape[0]} values; the {kind} vectors of model "
                 f"version {mv} have {index.stamp.dim}"
             )
-        big = float(np.finfo(np.float32).max)
-        if not np.isfinite(raw).all() or np.abs(raw).max() > big or not np.any(raw):
-            raise SearchError("the query vector must be finite float32 values, not all zeros")
-        vec = raw.astype(np.float32)
+        # unit length in float64 first: float32 norms of values near its limits overflow
+        vec = (raw / np.linalg.norm(raw)).astype(np.float32)
         if filters.same_city or filters.other_cities:
             if query.city is None:
                 raise SearchError("same/other-city filters need --city for a vector query")

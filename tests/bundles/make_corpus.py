@@ -258,6 +258,16 @@ DEFECTS = {
         r"indicators\.csv:1: has no indicator column",
         lambda r: (r / "indicators.csv").write_text("region_id\nr0\n"),
     ),
+    "pois_csv_links_outside": (
+        True,
+        r"pois\.csv: is a symbolic link to .* outside the bundle",
+        lambda r: _link(r / "pois.csv", "../../tiny/pois.csv"),
+    ),
+    "city_json_nan": (
+        True,
+        r"city\.json: invalid JSON: NaN is not valid JSON",
+        lambda r: edit(r, "city.json", lambda s: s.replace('"tests"', "NaN")),
+    ),
     # reported: the ingest goes on, and says what it skipped or fixed
     "bowtie_region": (
         False,
@@ -333,6 +343,11 @@ DEFECTS = {
         r"indicators\.csv:2: indicator 'population_density' value 'lots' is not a number",
         lambda r: edit(r, "indicators.csv", lambda s: _replace_field(s, 1, 1, "lots")),
     ),
+    "poi_name_with_nul": (
+        False,
+        r"pois\.csv:21: name holds a NUL character; the store cannot hold it",
+        lambda r: edit(r, "pois.csv", lambda s: s + "p99,10.005,50.005,Nul\x00Name,cafe,\n"),
+    ),
     "census_point_feature": (
         False,
         r"census/tracts\.geojson:2: census features must be Polygon",
@@ -343,6 +358,11 @@ DEFECTS = {
 }
 
 
+def _link(path: Path, target: str) -> None:
+    path.unlink()
+    path.symlink_to(target)
+
+
 def _replace_field(text: str, line_index: int, field: int, value: str) -> str:
     lines = text.split("\n")
     parts = lines[line_index].split(",")
@@ -351,19 +371,32 @@ def _replace_field(text: str, line_index: int, field: int, value: str) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def write_defect(name: str) -> None:
+    fatal, match, apply = DEFECTS[name]
+    root = BROKEN / name
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.copytree(TINY, root)
+    apply(root)
+    (root / "expect.json").write_text(json.dumps({"fatal": fatal, "match": match}, indent=1) + "\n")
+
+
+def main(only: list[str]) -> None:
+    """Everything, or (``python tests/bundles/make_corpus.py NAME ...``) only the broken
+    bundles named, from the tiny bundle as it is."""
+    if only:
+        for name in only:
+            write_defect(name)
+        print(f"wrote {len(only)} broken bundles in {BROKEN}")
+        return
     shutil.rmtree(TINY, ignore_errors=True)
     shutil.rmtree(BROKEN, ignore_errors=True)
     write_tiny(TINY)
-    for name, (fatal, match, apply) in DEFECTS.items():
-        root = BROKEN / name
-        shutil.copytree(TINY, root)
-        apply(root)
-        (root / "expect.json").write_text(
-            json.dumps({"fatal": fatal, "match": match}, indent=1) + "\n"
-        )
+    for name in DEFECTS:
+        write_defect(name)
     print(f"wrote {TINY} and {len(DEFECTS)} broken bundles in {BROKEN}")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1:])
