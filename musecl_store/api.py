@@ -70,9 +70,15 @@ class StoreNotFoundError(MuseclError, FileNotFoundError):
 
 
 def open(
-    db: str | Path | None = None, *, index_dir: str | Path | None = None, create: bool = False
+    db: str | Path | None = None,
+    *,
+    index_dir: str | Path | None = None,
+    create: bool = False,
+    read_db: str | None = None,
 ) -> Store:
     """Open the store at ``db``: a SpatiaLite file path or a ``postgresql+psycopg://`` URL.
+    ``read_db``: a PostgreSQL streaming replica of ``db`` for the reads (default
+    ``MUSECL_READ_DATABASE_URL``); writes always go to ``db``.
 
     Without ``db``: ``MUSECL_DATABASE_URL``, else ``./musecl.sqlite``. A SpatiaLite file that
     does not exist is an error unless ``create`` is true or the call is :meth:`Store.ingest`
@@ -81,7 +87,12 @@ def open(
     settings = Settings.from_env()
     if index_dir is not None:
         settings = Settings(**{**asdict(settings), "index_dir": Path(index_dir)})
-    return Store(resolve_url(None if db is None else str(db), settings), settings, create=create)
+    return Store(
+        resolve_url(None if db is None else str(db), settings),
+        settings,
+        create=create,
+        read_url=read_db,
+    )
 
 
 def read_points_csv(path: str | Path) -> list[tuple[float, float]]:
@@ -105,7 +116,7 @@ def read_points_csv(path: str | Path) -> list[tuple[float, float]]:
             header = next(reader, None)
             if header is None or header.count("lon") != 1 or header.count("lat") != 1:
                 raise InputError(
-                    f"{path}:1: needs one lon and one lat column (found {short(header)})"
+                    f"{path}:1: needs lon and lat columns, one of each (found {short(header)})"
                 )
             ilon, ilat = header.index("lon"), header.index("lat")
             line = reader.line_num + 1
@@ -116,7 +127,7 @@ def read_points_csv(path: str | Path) -> list[tuple[float, float]]:
                     try:
                         x, y = number(row[ilon], "lon"), number(row[ilat], "lat")
                     except GeoError as exc:
-                        raise InputError(f"{path}:{line}: {exc}") from exc
+                        raise InputError(f"{path}:{line}: lon/lat must be numbers ({exc})") from exc
                     if not lonlat_ok(np.array([x]), np.array([y]))[0]:
                         raise InputError(f"{path}:{line}: ({x}, {y}) is not a lon/lat point")
                     points.append((x, y))
@@ -152,11 +163,22 @@ class Store:
     A context manager: ``with musecl_store.open(...) as store:`` closes its connections.
     """
 
-    def __init__(self, url: str, settings: Settings | None = None, *, create: bool = False):
+    def __init__(
+        self,
+        url: str,
+        settings: Settings | None = None,
+        *,
+        create: bool = False,
+        read_url: str | None = None,
+    ):
         self.url = url
         self.settings = settings or Settings.from_env()
         self.create = create
+        # reads (searches, features, exports ...) may go to a streaming replica of url
+        read = read_url or self.settings.read_database_url
+        self.read_url = resolve_url(read, self.settings) if read else None
         self._engine: Engine | None = None
+        self._read_engine: Engine | None = None
         # Open FAISS indexes, kept between calls (each search still checks it against the
         # database); one lock per index: a catch-up must not run beside a search.
         self._indexes: dict[tuple[int, str, str], list[Any]] = {}  # [index or None, lock]
@@ -177,9 +199,10 @@ class Store:
     def close(self) -> None:
         """Release the database connections (the store stays usable: it reopens on use)."""
         with self._engine_lock:
-            if self._engine is not None:
-                self._engine.dispose()
-                self._engine = None
+            for engine in (self._engine, self._read_engine):
+                if engine is not None:
+                    engine.dispose()
+            self._engine = self._read_engine = None
         with self._indexes_lock:
             self._indexes.clear()
 
@@ -231,13 +254,33 @@ class Store:
                     "one with `musecl ingest BUNDLE` or `musecl db init`"
                 )
 
+    def read_engine(self) -> Engine:
+        """The engine reads go to: the replica (``read_url``) when there is one."""
+        if self.read_url is None:
+            return self.engine()
+        with self._engine_lock:
+            if self._read_engine is None:
+                engine = create_engine(self.read_url, self.settings)
+                try:
+                    schema.ensure_schema(engine, create=False)
+                except BaseException:
+                    engine.dispose()
+                    raise
+                self._read_engine = engine
+            return self._read_engine
+
     @contextmanager
-    def session(self, *, create: bool = False, write: bool = False) -> Iterator[Session]:
+    def session(
+        self, *, create: bool = False, write: bool = False, primary: bool = False
+    ) -> Iterator[Session]:
         """A session in one transaction: committed when the block succeeds.
 
         ``write``: the block writes; it waits for the store's write lock first (see
-        :func:`musecl_store.db.transaction`)."""
-        with transaction(self.engine(create=create), write=write) as s:
+        :func:`musecl_store.db.transaction`). Other sessions read from the replica when the
+        store has one, unless ``primary`` (a read that must see this process's own writes)."""
+        reads_only = not (write or create or primary)
+        engine = self.read_engine() if reads_only else self.engine(create=create)
+        with transaction(engine, write=write) as s:
             yield s
 
     # ------------------------------------------------------------------ schema
@@ -660,7 +703,7 @@ class Store:
         metrics}; pass the regressor id to :meth:`predict`."""
         from musecl_store import regress as R
 
-        with self.session() as s:  # read, then fit with no transaction open
+        with self.session(primary=True) as s:  # read, then fit with no transaction open
             fitted = R.fit_params(
                 s,
                 city,
@@ -812,7 +855,7 @@ class Store:
         if since is not None:
             from musecl_store.summary import store_revision
 
-            with self.session() as s:
+            with self.session(primary=True) as s:
                 newest = store_revision(s)
             if not 0 <= since <= newest:
                 raise InputError(

@@ -135,6 +135,14 @@ class _Group(click.Group):
     "such as postgresql+psycopg://user@host/dbname.",
 )
 @click.option(
+    "--read-db",
+    metavar="URL",
+    envvar="MUSECL_READ_DATABASE_URL",
+    show_envvar=True,
+    help="Send reads (searches, features, exports, info) to this PostgreSQL streaming replica "
+    "of --db; writes still go to --db.",
+)
+@click.option(
     "--lock-timeout",
     metavar="SECONDS",
     envvar="MUSECL_LOCK_TIMEOUT",
@@ -144,7 +152,9 @@ class _Group(click.Group):
 )
 @click.version_option(__version__, prog_name="musecl")
 @click.pass_context
-def main(ctx: click.Context, db: str | None, lock_timeout: str | None) -> None:
+def main(
+    ctx: click.Context, db: str | None, read_db: str | None, lock_timeout: str | None
+) -> None:
     """musecl — a region-embedding store for urban science, built on MuseCL.
 
     Ingest city bundles (regions, POIs, images, trips, indicators, census layers) into an
@@ -164,7 +174,7 @@ def main(ctx: click.Context, db: str | None, lock_timeout: str | None) -> None:
     settings = Settings.from_env()
     if lock_timeout is not None:
         settings = replace(settings, lock_timeout=_lock_timeout(lock_timeout))
-    ctx.obj = Store(resolve_url(db, settings), settings)
+    ctx.obj = Store(resolve_url(db, settings), settings, read_url=read_db)
     ctx.call_on_close(ctx.obj.close)  # in-process callers (tests, notebooks) get it back
 
 

@@ -24,7 +24,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from musecl_store.errors import InputError, LockTimeoutError, SetupError
+from musecl_store.errors import InputError, LockTimeoutError, ReadOnlyDatabaseError, SetupError
 from musecl_store.settings import DEFAULT_DB_FILE, Settings
 
 WRITE_LOCK_KEY = 0x6D757365636C  # "musecl": the PostgreSQL advisory lock every writer takes
@@ -176,7 +176,11 @@ def _pg_write_lock(session: Session) -> None:
     reader that has seen revision N has seen every write up to N (the FAISS cache's
     staleness check relies on it)."""
     conn = session.connection()
-    got = conn.exec_driver_sql(f"SELECT pg_try_advisory_xact_lock({WRITE_LOCK_KEY})").scalar()
+    standby, got = conn.exec_driver_sql(
+        f"SELECT pg_is_in_recovery(), pg_try_advisory_xact_lock({WRITE_LOCK_KEY})"
+    ).one()
+    if standby:
+        raise _read_only(session.get_bind())
     if got:
         return
     timeout = float(conn.get_execution_options().get("musecl_lock_timeout", 600.0))
@@ -221,9 +225,22 @@ def transaction(engine: Engine, *, write: bool = False) -> Iterator[Session]:
     timeout (``Settings.lock_timeout``) and saying on stderr that it waits; past the timeout
     it raises :class:`LockTimeoutError`. Readers never wait for writers.
     """
-    with session_factory(engine)() as session, session.begin():
-        if write:
-            session.connection(execution_options={"musecl_write": True})
-            if engine.dialect.name == "postgresql":
-                _pg_write_lock(session)
-        yield session
+    try:
+        with session_factory(engine)() as session, session.begin():
+            if write:
+                session.connection(execution_options={"musecl_write": True})
+                if engine.dialect.name == "postgresql":
+                    _pg_write_lock(session)
+            yield session
+    except sa.exc.DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) == "25006":  # read_only_sql_transaction
+            raise _read_only(engine) from exc
+        raise
+
+
+def _read_only(engine: Any) -> ReadOnlyDatabaseError:
+    return ReadOnlyDatabaseError(
+        f"{engine.url.render_as_string(hide_password=True)} only reads (a streaming replica "
+        "in recovery): send writes to the primary (--db) and point reads at the replica "
+        "(--read-db)"
+    )

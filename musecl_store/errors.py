@@ -63,6 +63,10 @@ class LockTimeoutError(MuseclError, TimeoutError):
     """Another process held the store's write lock for longer than the lock timeout."""
 
 
+class ReadOnlyDatabaseError(MuseclError, PermissionError):
+    """A write sent to a database that only reads (a PostgreSQL hot standby)."""
+
+
 class StoreWriteError(MuseclError, OSError):
     """The database refused a write for a reason outside musecl: a full disk, a read-only
     file, a lost connection. Nothing of the command's work was committed."""

@@ -65,6 +65,7 @@ class IndexOptions:
     hnsw_ef_search: int = 128
     ivf_nprobe: int = 32
     use_gpu: bool = True
+    gpu_shard_above: int = 20_000_000  # vectors; below, every GPU holds a full replica
 
     def __post_init__(self) -> None:
         if self.index_type not in INDEX_TYPES:
@@ -343,12 +344,20 @@ class RegionIndex:
         return _gpu_count() > 0 and self.stamp.index_type in ("flat", "ivf")
 
     def _index(self) -> Any:
+        """The index searches run on: the CPU one, or its copy on the GPUs (one GPU: a
+        copy; several: a replica on each, queries split between them, or shards of the
+        vectors above ``gpu_shard_above``)."""
         if self._searcher is None:
             self._searcher = self.cpu_index
-            if self.on_gpu:  # pragma: no cover - needs faiss-gpu and a GPU
+            gpus = _gpu_count()
+            if self.on_gpu and gpus == 1:  # pragma: no cover - needs faiss-gpu and a GPU
                 res = faiss.StandardGpuResources()
                 self._searcher = faiss.index_cpu_to_gpu(res, 0, self.cpu_index)
                 self._searcher._res = res
+            elif self.on_gpu:  # pragma: no cover - needs several GPUs
+                co = faiss.GpuMultipleClonerOptions()
+                co.shard = int(self.cpu_index.ntotal) > self.options.gpu_shard_above
+                self._searcher = faiss.index_cpu_to_all_gpus(self.cpu_index, co=co)
         return self._searcher
 
     def search(

@@ -18,6 +18,8 @@ class Settings:
     Attributes:
         database_url: SQLAlchemy URL or SpatiaLite file path (``MUSECL_DATABASE_URL``);
             ``None`` means the embedded default, ``./musecl.sqlite``.
+        read_database_url: where reads go (``MUSECL_READ_DATABASE_URL``): a PostgreSQL
+            streaming replica of ``database_url``; ``None`` reads from the primary.
         spatialite_library: the SpatiaLite module to load (``SPATIALITE_LIBRARY_PATH``).
         index_dir: where FAISS index files are cached (``MUSECL_INDEX_DIR``).
         progress: show progress bars on stderr (``MUSECL_PROGRESS=0`` turns them off).
@@ -26,6 +28,7 @@ class Settings:
     """
 
     database_url: str | None = None
+    read_database_url: str | None = None
     spatialite_library: str = "mod_spatialite"
     index_dir: Path = Path(".musecl-index")
     progress: bool = True
@@ -36,6 +39,7 @@ class Settings:
         env = os.environ
         return cls(
             database_url=env.get("MUSECL_DATABASE_URL") or None,
+            read_database_url=env.get("MUSECL_READ_DATABASE_URL") or None,
             spatialite_library=env.get("SPATIALITE_LIBRARY_PATH") or "mod_spatialite",
             index_dir=Path(env.get("MUSECL_INDEX_DIR") or ".musecl-index"),
             progress=env.get("MUSECL_PROGRESS", "1").strip().lower() not in {"0", "false", "no"},
