@@ -5,11 +5,10 @@
    image re-shot in the other half) and are re-ingested. Timed: ``musecl reembed`` of those
    (incremental, index updated in place, drift report) vs a full re-embed plus an index
    rebuild. Target: the incremental one at least 20x faster.
-2. Bulk loading 1M embeddings into PostGIS: COPY (what ``put_embeddings`` does there) vs
-   row-by-row ORM inserts (timed on a sample, as rows per second), and loading them back
-   into one numpy matrix.
 
-Usage: .venv/bin/python bench/reembed.py [--regions 10000] [--pg-admin URL] [--rows 1000000]
+(Bulk embedding I/O on both backends: bench/bulk_io.py.)
+
+Usage: .venv/bin/python bench/reembed.py [--regions 10000]
 """
 
 from __future__ import annotations
@@ -21,23 +20,18 @@ import os
 import platform
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
 
-from musecl_store import dialect
-from musecl_store.db import create_engine, open_engine, transaction
+from musecl_store.db import open_engine, transaction
 from musecl_store.demo import make_demo_city
 from musecl_store.embed import embed_city
-from musecl_store.embeddings import put_embeddings
 from musecl_store.index import RegionIndex
 from musecl_store.ingest import ingest_bundle
 from musecl_store.reembed import reembed, reembed_and_report
-from musecl_store.schema import ensure_schema, upgrade
-from musecl_store.tables import City, Embedding, ModelVersion, Region
+from musecl_store.schema import ensure_schema
 from training.config import TrainConfig
 from training.trainer import train_city
 
@@ -130,119 +124,9 @@ def part_reembed(regions: int, tmp: Path) -> dict[str, Any]:
     return out
 
 
-def part_bulk(admin_url: str, rows: int, orm_rows: int) -> dict[str, Any]:
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    db = f"musecl_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as c:
-        c.exec_driver_sql(f'CREATE DATABASE "{db}"')
-    url = sa.engine.make_url(admin_url).set(database=db).render_as_string(hide_password=False)
-    try:
-        engine = create_engine(url)
-        upgrade(engine)
-        n_regions, dim = 10_000, 128
-        n_versions = rows // n_regions
-        rng = np.random.default_rng(0)
-        with transaction(engine) as s:
-            city = City(name="bulk", crs="EPSG:4326", source_path="-", revision=0)
-            s.add(city)
-            s.flush()
-            s.execute(
-                sa.insert(Region),
-                [
-                    {
-                        "city_id": city.id,
-                        "region_id": f"r{i}",
-                        "geom": "SRID=4326;MULTIPOLYGON(((0 0,1 0,1 1,0 0)))",
-                        "centroid": "SRID=4326;POINT(0.5 0.3)",
-                        "area_km2": 1.0,
-                        "revision": 1,
-                        **{
-                            f"hash_{m}": "-"
-                            for m in (
-                                "geometry",
-                                "poi",
-                                "remote",
-                                "street",
-                                "mobility",
-                                "indicators",
-                            )
-                        },
-                    }
-                    for i in range(n_regions)
-                ],
-            )
-            pks = list(s.scalars(sa.select(Region.id).order_by(Region.id)))
-            mvs = []
-            for _ in range(n_versions + 1):
-                mv = ModelVersion(city_id=city.id, seed=0, data_revision=0, checkpoint_path="-")
-                s.add(mv)
-                mvs.append(mv)
-            s.flush()
-            mv_ids = [m.id for m in mvs]
-        vec = rng.normal(size=(n_regions, dim)).astype(np.float32)
-        t0 = time.perf_counter()
-        with transaction(engine) as s:
-            for mv in mv_ids[:n_versions]:
-                put_embeddings(s, mv, "fused", pks, vec, 1)
-        copy_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        with transaction(engine) as s:
-            for pk, v in zip(pks[:orm_rows], vec[:orm_rows], strict=True):
-                s.add(
-                    Embedding(
-                        region_pk=pk,
-                        model_version_id=mv_ids[-1],
-                        kind="fused",
-                        dim=dim,
-                        vector=v,
-                        revision=1,
-                    )
-                )
-                s.flush()  # one INSERT per row, as a naive ORM loop does
-        orm_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        with transaction(engine) as s:
-            blobs = (
-                s.execute(
-                    sa.select(dialect.vector_wire(Embedding.vector, "postgresql")).where(
-                        Embedding.model_version_id.in_(mv_ids[:n_versions])
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            mat = dialect.decode_vectors(list(blobs), dim, "postgresql")
-        load_s = time.perf_counter() - t0
-        assert mat.shape == (n_versions * n_regions, dim)
-        engine.dispose()
-        return {
-            "rows": n_versions * n_regions,
-            "dim": dim,
-            "copy_rows_per_s": round(n_versions * n_regions / copy_s),
-            "copy_s": round(copy_s, 1),
-            "orm_row_by_row_rows_per_s": round(orm_rows / orm_s),
-            "orm_sample_rows": orm_rows,
-            "load_to_numpy_rows_per_s": round(len(blobs) / load_s),
-            "load_s": round(load_s, 1),
-        }
-    finally:
-        with admin.connect() as c:
-            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        admin.dispose()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--regions", type=int, default=10_000)
-    ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--orm-rows", type=int, default=20_000)
-    ap.add_argument(
-        "--pg-admin",
-        default=os.environ.get(
-            "MUSECL_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"
-        ),
-    )
-    ap.add_argument("--skip-bulk", action="store_true")
     args = ap.parse_args()
     out: dict[str, Any] = {
         "benchmark": "reembed",
@@ -254,9 +138,6 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         out["reembed"] = part_reembed(args.regions, Path(tmp))
-    print(json.dumps(out["reembed"]), flush=True, file=__import__("sys").stderr)
-    if not args.skip_bulk:
-        out["bulk_postgis"] = part_bulk(args.pg_admin, args.rows, args.orm_rows)
     print(json.dumps(out, indent=1))
 
 
