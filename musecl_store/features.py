@@ -6,17 +6,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import h3
 import numpy as np
 from geoalchemy2.shape import to_shape
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from musecl_store import geo
+from musecl_store import dialect, geo
 from musecl_store.embeddings import load_embeddings
 from musecl_store.errors import MuseclError
 from musecl_store.models import active_model_version
 from musecl_store.summary import get_city
-from musecl_store.tables import Region
+from musecl_store.tables import Embedding, Region
 
 
 class FeatureError(MuseclError, LookupError):
@@ -59,31 +60,111 @@ def lookup(
     """
     c = get_city(session, city)
     mv = model_version if model_version is not None else active_model_version(session, city)
-    ids, mat = load_embeddings(session, mv, kind, c.id)
-    row = {r: i for i, r in enumerate(ids)}
+    if points is None and region_ids is None:  # the whole city: one bulk read
+        ids, mat = load_embeddings(session, mv, kind, c.id)
+        return FeatureTable(list(ids), mat, mv, kind)
+    wanted: list[str | None]
     if points is not None:
-        regions = session.execute(
-            select(Region.region_id, Region.geom, Region.h3_cell)
-            .where(Region.city_id == c.id)
-            .order_by(Region.region_id)
-        ).all()
-        h3_cells = [r.h3_cell for r in regions] if all(r.h3_cell for r in regions) else None
-        locator = geo.RegionLocator([to_shape(r.geom) for r in regions], h3_cells)
         pts = np.asarray(points, dtype=float).reshape(-1, 2)
-        found = locator.locate(pts[:, 0], pts[:, 1])
-        wanted: list[str | None] = [regions[i].region_id if i >= 0 else None for i in found]
-    elif region_ids is not None:
-        missing = [r for r in region_ids if r not in row]
+        wanted = locate(session, c.id, pts[:, 0], pts[:, 1])
+    else:
+        wanted = list(region_ids or [])
+    found = vectors_of(session, mv, kind, c.id, [r for r in wanted if r is not None])
+    if points is None:
+        missing = [r for r in wanted if r not in found]
         if missing:
             raise FeatureError(
                 f"{len(missing)} region id(s) have no {kind} embedding in model "
-                f"version {mv} of city {city!r}: {', '.join(missing[:5])}"
+                f"version {mv} of city {city!r}: {', '.join(map(str, missing[:5]))}"
             )
-        wanted = list(region_ids)
-    else:
-        wanted = list(ids)
-    out = np.full((len(wanted), mat.shape[1] if mat.size else 0), np.nan, dtype=np.float32)
+    dim = next((len(v) for v in found.values()), _dim(session, mv, kind))
+    out = np.full((len(wanted), dim), np.nan, dtype=np.float32)
     for i, r in enumerate(wanted):
-        if r is not None and r in row:
-            out[i] = mat[row[r]]
+        if r is not None and r in found:
+            out[i] = found[r]
     return FeatureTable(wanted, out, mv, kind)
+
+
+_CHUNK = 5000
+
+
+def _dim(session: Session, mv: int, kind: str) -> int:
+    return int(
+        session.scalar(
+            select(Embedding.dim)
+            .where(Embedding.model_version_id == mv, Embedding.kind == kind)
+            .limit(1)
+        )
+        or 0
+    )
+
+
+def vectors_of(
+    session: Session, mv: int, kind: str, city_id: int, region_ids: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """region id -> vector of the given regions that have one, read in chunks: memory and
+    time follow the number asked for, not the size of the city."""
+    name = dialect.name(session)
+    unique = sorted(set(region_ids))
+    out: dict[str, np.ndarray] = {}
+    for a in range(0, len(unique), _CHUNK):
+        rows = session.execute(
+            select(Region.region_id, Embedding.dim, dialect.vector_wire(Embedding.vector, name))
+            .join(Region, Region.id == Embedding.region_pk)
+            .where(
+                Embedding.model_version_id == mv,
+                Embedding.kind == kind,
+                Region.city_id == city_id,
+                Region.region_id.in_(unique[a : a + _CHUNK]),
+            )
+        ).all()
+        if rows:
+            mat = dialect.decode_vectors([r[2] for r in rows], int(rows[0][1]), name)
+            out.update(zip((r[0] for r in rows), mat, strict=True))
+    return out
+
+
+def locate(session: Session, city_id: int, lon: np.ndarray, lat: np.ndarray) -> list[str | None]:
+    """The id of the region containing each point (None for none).
+
+    A city of H3 cells is looked up by cell id, in chunks through an index: memory and time
+    follow the number of points. Other polygons go through an STR-tree of the city's
+    geometries (memory follows the city)."""
+    with_cell = session.execute(
+        select(Region.h3_cell)
+        .where(Region.city_id == city_id, Region.h3_cell.is_not(None))
+        .limit(1)
+    ).scalar()
+    all_h3 = (
+        with_cell is not None
+        and not session.execute(
+            select(Region.id).where(Region.city_id == city_id, Region.h3_cell.is_(None)).limit(1)
+        ).first()
+    )
+    out: list[str | None] = [None] * len(lon)
+    ok = np.flatnonzero(geo.lonlat_ok(lon, lat))
+    if all_h3:
+        res = h3.get_resolution(with_cell)
+        cells = [
+            h3.latlng_to_cell(la, lo, res)
+            for lo, la in zip(lon[ok].tolist(), lat[ok].tolist(), strict=True)
+        ]
+        unique = sorted(set(cells))
+        region_of: dict[str, str] = {}
+        for a in range(0, len(unique), _CHUNK):
+            rows = session.execute(
+                select(Region.h3_cell, Region.region_id).where(
+                    Region.city_id == city_id, Region.h3_cell.in_(unique[a : a + _CHUNK])
+                )
+            ).all()
+            region_of.update((str(c), r) for c, r in rows)
+        for i, cell in zip(ok.tolist(), cells, strict=True):
+            out[i] = region_of.get(cell)
+        return out
+    regions = session.execute(
+        select(Region.region_id, Region.geom)
+        .where(Region.city_id == city_id)
+        .order_by(Region.region_id)
+    ).all()
+    found = geo.RegionLocator([to_shape(r.geom) for r in regions]).locate(lon, lat)
+    return [regions[i].region_id if i >= 0 else None for i in found]

@@ -95,7 +95,7 @@ class Region(Base):
     """A region with its geometry and one content hash per modality (see ``MODALITIES``)."""
 
     __tablename__ = "regions"
-    __table_args__ = (UniqueConstraint("city_id", "region_id"),)
+    __table_args__ = (UniqueConstraint("city_id", "region_id"), Index(None, "city_id", "h3_cell"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     city_id: Mapped[int] = mapped_column(ForeignKey("cities.id", ondelete="CASCADE"), index=True)
