@@ -18,7 +18,6 @@ version whose checkpoint file is missing (it cannot re-embed).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,7 +230,7 @@ def _check_sqlite(session: Session, report: CheckReport) -> None:
 
 
 def _check_indexes(session: Session, index_dir: Path, report: CheckReport) -> None:
-    from musecl_store.index import CURRENT, Stamp, _db_state
+    from musecl_store.index import CURRENT, _db_state, read_pointer
 
     if not index_dir.is_dir():
         return
@@ -243,16 +242,14 @@ def _check_indexes(session: Session, index_dir: Path, report: CheckReport) -> No
             report.warnings.append(f"index cache: {folder} is left over by a killed save")
             continue
         n += 1
-        try:
-            pointer = json.loads((folder / CURRENT).read_text())
-            stamp = Stamp(**pointer["stamp"])
-            present = (folder / str(pointer["file"])).is_file()
-        except (OSError, ValueError, TypeError, KeyError):
+        pointer = read_pointer(folder)
+        if pointer is None:
             report.warnings.append(
                 f"index cache: {folder} has no readable {CURRENT} (rebuilt on use)"
             )
             continue
-        if not present:
+        stamp, name = pointer
+        if not (folder / name).is_file():
             report.warnings.append(f"index cache: {folder} names a missing file (rebuilt on use)")
         if session.get(ModelVersion, stamp.model_version) is None:
             report.warnings.append(f"index cache: {folder} is of a deleted model version")

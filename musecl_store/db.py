@@ -125,32 +125,29 @@ def create_engine(url: str, settings: Settings | None = None, **kwargs: Any) -> 
         raw = conn.connection.dbapi_connection
         assert raw is not None
         timeout = float(options.get("musecl_lock_timeout", 600.0))
+
+        def begin_immediate(wait_ms: int) -> bool:
+            """True when the write lock was taken within ``wait_ms``, False when busy."""
+            raw.execute(f"PRAGMA busy_timeout = {wait_ms}")
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+            except conn.dialect.dbapi.OperationalError as exc:  # type: ignore[union-attr]
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                return False
+            return True
+
         try:
-            raw.execute("PRAGMA busy_timeout = 200")
-            try:
-                raw.execute("BEGIN IMMEDIATE")
+            if begin_immediate(200):
                 return
-            except raw_errors(raw) as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
             _say_waiting(timeout)
-            raw.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             started = time.monotonic()
-            try:
-                raw.execute("BEGIN IMMEDIATE")
-            except raw_errors(raw) as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
-                raise LockTimeoutError(_lock_message(timeout, time.monotonic() - started)) from exc
+            if not begin_immediate(int(timeout * 1000)):
+                raise LockTimeoutError(_lock_message(timeout, time.monotonic() - started))
         finally:
             raw.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
 
     return engine
-
-
-def raw_errors(raw: Any) -> type[Exception]:
-    """The DB-API OperationalError of a raw sqlite connection's module."""
-    return sys.modules[type(raw).__module__].OperationalError
 
 
 def _say_waiting(timeout: float) -> None:

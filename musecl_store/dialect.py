@@ -42,16 +42,23 @@ def decode_vectors(blobs: list[bytes], dim: int, dialect_name: str) -> np.ndarra
         return np.zeros((0, dim), dtype=np.float32)
     data = b"".join(bytes(b) for b in blobs)
     if dialect_name == "postgresql":
-        row = _PG_ARRAY_HEADER + 8 * dim
-        if len(data) != row * len(blobs):
-            raise ValueError(f"vectors are not all of dimension {dim}")
-        dtype = np.dtype(
-            [("head", f"V{_PG_ARRAY_HEADER}"), ("v", [("n", ">i4"), ("x", ">f4")], dim)]
-        )
-        return np.frombuffer(data, dtype=dtype)["v"]["x"].astype(np.float32)
+        return decode_pg_arrays(data, len(blobs), dim)
     if len(data) != 4 * dim * len(blobs):
         raise ValueError(f"vectors are not all of dimension {dim}")
     return np.frombuffer(data, dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
+
+
+def decode_pg_arrays(data: bytes, n: int, dim: int) -> np.ndarray:
+    """``n`` back-to-back ``array_send(real[])`` values of ``dim`` elements as an ``(n, dim)``
+    float32 matrix (each: a 20-byte header, then a length and a value per element).
+
+    Raises:
+        ValueError: when the bytes are not ``n`` arrays of ``dim`` elements.
+    """
+    if len(data) != n * (_PG_ARRAY_HEADER + 8 * dim):
+        raise ValueError(f"vectors are not all of dimension {dim}")
+    dtype = np.dtype([("head", f"V{_PG_ARRAY_HEADER}"), ("v", [("n", ">i4"), ("x", ">f4")], dim)])
+    return np.frombuffer(data, dtype=dtype)["v"]["x"].astype(np.float32)
 
 
 # SpatiaLite's R*Tree is only used through this virtual table (the planner never picks it).

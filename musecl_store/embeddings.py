@@ -15,7 +15,6 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from musecl_store import dialect
-from musecl_store.dialect import _PG_ARRAY_HEADER
 from musecl_store.errors import InputError
 from musecl_store.tables import EMBEDDING_KINDS, Embedding, Region
 
@@ -273,12 +272,7 @@ def _copy_load(
                     raise ValueError(
                         f"model version {model_version_id} has {kind} vectors of several dimensions"
                     )
-                n = len(fields[2])
-                raw_rows = np.frombuffer(fields[1], dtype=np.uint8)
-                if len(raw_rows) != n * (_PG_ARRAY_HEADER + 8 * dim):
-                    raise ValueError(f"vectors are not all of dimension {dim}")
-                pairs = raw_rows.reshape(n, -1)[:, _PG_ARRAY_HEADER:].copy().view(">f4")
-                vectors.append(pairs[:, 1::2].astype(np.float32))  # (length, value) pairs
+                vectors.append(dialect.decode_pg_arrays(fields[1], len(fields[2]), dim))
                 imputed.append(np.frombuffer(fields[2], dtype=np.uint8).astype(bool))
                 ends = np.cumsum(np.frombuffer(fields[3], dtype=">i4")).tolist()
                 names = fields[4]

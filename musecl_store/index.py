@@ -126,19 +126,28 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def read_pointer(folder: Path) -> tuple[Stamp, str] | None:
+    """(stamp, FAISS file name) of ``current.json``, or None when it is missing or
+    unreadable."""
+    try:
+        pointer = json.loads((folder / CURRENT).read_text())
+        stamp, name = Stamp(**pointer["stamp"]), str(pointer["file"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if "/" in name or not name.startswith("index-"):
+        return None
+    return stamp, name
+
+
 def _read_current(folder: Path) -> tuple[Stamp, Any] | None:
     """(stamp, FAISS index) that ``current.json`` names, or None when there is none or it
     cannot be read. A file swept away between reading the pointer and opening the file (a
     newer save replaced it) is retried with the newer pointer."""
     for _attempt in range(5):
-        try:
-            pointer = json.loads((folder / CURRENT).read_text())
-            stamp = Stamp(**pointer["stamp"])
-            name = str(pointer["file"])
-        except (OSError, ValueError, TypeError, KeyError):
+        pointer = read_pointer(folder)
+        if pointer is None:
             return None
-        if "/" in name or not name.startswith("index-"):
-            return None
+        stamp, name = pointer
         try:
             return stamp, faiss.read_index(str(folder / name))
         except RuntimeError:  # faiss says "could not open" for a missing file, too

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -81,7 +80,6 @@ class Runner:
         args: list[str],
         *,
         committed: str | None,
-        between: Callable[[str], None] | None = None,
     ) -> None:
         """Kill at each point (the exit status -9 proves it was reached), check; before
         ``committed`` nothing may change. Then run to the end."""
@@ -93,8 +91,6 @@ class Runner:
             self.check()
             if committed is not None and points.index(point) < points.index(committed):
                 assert self.snapshot() == before, f"a kill at {point} changed the database"
-            if between is not None:
-                between(point)
         self.run(*args)  # the command, run again, finishes the job
         self.check()
 
