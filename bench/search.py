@@ -7,6 +7,11 @@ graph and IVF indexes and need a larger efSearch/nprobe for the same recall.
 
 Usage: .venv/bin/python bench/search.py [--n 1000000] [--dim 128] [--queries 1000]
        (hnswlib: pip install '.[bench]'). Add --device-note "..." to label the machine.
+
+``--batch-verb``: instead, the batch verb against the single one on a synthetic SpatiaLite
+store (``--n`` H3 cells with random ``--dim`` vectors, default 20,000 x 128; exact index):
+``Store.similar_many`` for ``--queries`` region ids (default 1,000) against as many calls of
+``Store.similar``, without filters and with ``exclude_adjacent`` and ``near``.
 """
 
 from __future__ import annotations
@@ -47,7 +52,16 @@ def main() -> None:
     ap.add_argument(
         "--exact-only", action="store_true", help="Skip the approximate indexes (HNSW, IVF)."
     )
+    ap.add_argument(
+        "--batch-verb",
+        action="store_true",
+        help="Time Store.similar_many against Store.similar on a synthetic store.",
+    )
     args = ap.parse_args()
+    if args.batch_verb:
+        n = 20_000 if args.n == ap.get_default("n") else args.n
+        print(json.dumps(_batch_verb(n, args.dim, args.queries, args.device_note), indent=1))
+        return
     rng = np.random.default_rng(0)
     n, d, nq = args.n, args.dim, args.queries
     centres = rng.normal(size=(2000, d)).astype(np.float32)
@@ -209,6 +223,107 @@ def _exact_latency(flat: Any, x: np.ndarray, q: np.ndarray) -> dict[str, Any]:
     out["single_p50_over_bound"] = round(
         out["musecl"]["single_p50_ms"] / out["bandwidth_bound_ms"], 2
     )
+    return out
+
+
+def _synthetic_store(path: Path, n: int, dim: int) -> tuple[str, list[str]]:
+    """A SpatiaLite store of ``n`` H3 cells (resolution 9) around Zurich with one model
+    version of random ``dim``-d fused vectors; returns (city, region ids)."""
+    import h3
+    import shapely
+
+    import musecl_store
+    from musecl_store.embeddings import put_embeddings
+    from musecl_store.tables import City, ModelVersion, Region, Revision
+
+    origin = h3.latlng_to_cell(47.37, 8.54, 9)
+    k = 0
+    while 3 * k * (k + 1) + 1 < n:
+        k += 1
+    cells = sorted(h3.grid_disk(origin, k))[:n]
+    rng = np.random.default_rng(0)
+    with musecl_store.open(path, create=True) as store, store.session(write=True) as s:
+        rev = Revision(operation="ingest")
+        s.add(rev)
+        s.flush()
+        city = City(name="bench", crs="EPSG:4326", h3_resolution=9, source_path="-")
+        city.revision = rev.id
+        s.add(city)
+        s.flush()
+        for cell in cells:
+            ring = [(lon, lat) for lat, lon in h3.cell_to_boundary(cell)]
+            poly = shapely.MultiPolygon([shapely.Polygon(ring)])
+            c = poly.centroid
+            s.add(
+                Region(
+                    city_id=city.id,
+                    region_id=cell,
+                    geom=f"SRID=4326;{poly.wkt}",
+                    centroid=f"SRID=4326;POINT({c.x} {c.y})",
+                    h3_cell=cell,
+                    area_km2=h3.cell_area(cell, "km^2"),
+                    **{f"hash_{h}": "-" for h in ("geometry", "poi", "remote", "street")},
+                    hash_mobility="-",
+                    hash_indicators="-",
+                    revision=rev.id,
+                )
+            )
+        s.flush()
+        mv = ModelVersion(
+            city_id=city.id, seed=0, data_revision=rev.id, checkpoint_path="-", active=True
+        )
+        train = Revision(operation="train", city_id=city.id)
+        s.add_all([mv, train])
+        s.flush()
+        pks = [pk for (pk,) in s.query(Region.id).order_by(Region.id)]
+        put_embeddings(s, mv.id, "fused", pks, rng.standard_normal((len(pks), dim)), train.id)
+    return "bench", cells
+
+
+def _batch_verb(n: int, dim: int, nq: int, note: str) -> dict[str, Any]:
+    """Seconds of ``Store.similar_many`` for ``nq`` region ids against ``nq`` calls of
+    ``Store.similar`` (each checks the index against the database and searches alone), on
+    a warm index; the answers are checked to agree."""
+    import tempfile
+
+    import h3
+
+    import musecl_store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        city, ids = _synthetic_store(Path(tmp) / "bench.sqlite", n, dim)
+        out: dict[str, Any] = {
+            "benchmark": "similar_many",
+            "regions": len(ids),
+            "dim": dim,
+            "queries": nq,
+            "store_built_s": round(time.perf_counter() - t0, 1),
+            "machine": {"cpus": os.cpu_count(), "note": note},
+        }
+        queries = list(np.random.default_rng(1).choice(ids, nq, replace=False))
+        lat, lon = h3.cell_to_latlng(ids[len(ids) // 2])
+        with musecl_store.open(Path(tmp) / "bench.sqlite", index_dir=Path(tmp) / "idx") as store:
+            store.similar(city, queries[0])  # builds the index, warms the caches
+            for label, query in (
+                ("no_filter", {}),
+                ("exclude_adjacent", {"exclude_adjacent": True}),
+                ("near_2km", {"near": (lon, lat, 2.0)}),
+            ):
+                batch, t_batch = timed(lambda q=query: store.similar_many(city, queries, **q))
+                single, t_single = timed(
+                    lambda q=query: [store.similar(city, r, **q) for r in queries]
+                )
+                agree = all(
+                    list(batch.region_id[batch["query"] == r]) == list(one.region_id)
+                    for r, one in zip(queries, single, strict=True)
+                )
+                out[label] = {
+                    "similar_many_s": round(t_batch, 3),
+                    "similar_loop_s": round(t_single, 3),
+                    "speedup": round(t_single / t_batch, 1),
+                    "same_answers": agree,
+                }
     return out
 
 

@@ -13,12 +13,14 @@ transaction: a method that raises has written nothing.
 from __future__ import annotations
 
 import csv
+import io
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, TextIO, TypedDict, Unpack
 
 import numpy as np
 from sqlalchemy import func, select
@@ -41,17 +43,16 @@ if TYPE_CHECKING:
     from musecl_store.ingest import IngestSummary
     from musecl_store.maps import MapResult
     from musecl_store.regress import PredictSummary
-    from musecl_store.search import Hit
+    from musecl_store.search import Answer, Hit
     from training.trainer import TrainResult
 
 KINDS = ("fused", "remote", "street", "poi")
 
 
-class Search(TypedDict, total=False):
-    """The keywords of :meth:`Store.similar` and :meth:`Store.search` (all optional)."""
+class SearchOptions(TypedDict, total=False):
+    """The keywords of :meth:`Store.similar_many` and :meth:`Store.search_many` (all
+    optional); with ``point`` and ``vector``, those of :class:`Search`."""
 
-    point: tuple[float, float] | None  # lon, lat: search from the region containing it
-    vector: Sequence[float] | np.ndarray | None  # search from a vector of the embeddings' dimension
     k: int  # how many regions (10)
     bbox: Sequence[float] | None  # minlon, minlat, maxlon, maxlat
     near: Sequence[float] | None  # lon, lat, km
@@ -63,6 +64,13 @@ class Search(TypedDict, total=False):
     attention: bool  # each region's modality attention
     kind: str  # fused (default), remote, street or poi
     model_version: int | None  # default: the city's active one
+
+
+class Search(SearchOptions, total=False):
+    """The keywords of :meth:`Store.similar` and :meth:`Store.search` (all optional)."""
+
+    point: tuple[float, float] | None  # lon, lat: search from the region containing it
+    vector: Sequence[float] | np.ndarray | None  # search from a vector of the embeddings' dimension
 
 
 class StoreNotFoundError(MuseclError, FileNotFoundError):
@@ -96,47 +104,124 @@ def open(
 
 
 def read_points_csv(path: str | Path) -> list[tuple[float, float]]:
-    """The ``lon,lat`` points of a CSV file (other columns are ignored).
+    """The ``lon,lat`` points of a CSV file (other columns are ignored; ``-``: stdin).
 
     Raises:
         InputError: a missing file or column, a short row or a bad number, naming the line.
     """
+    return _read_csv(path, _points_parser)[1]
+
+
+def read_queries_csv(
+    path: str | Path,
+) -> tuple[list[str], None] | tuple[None, list[tuple[float, float]]]:
+    """The queries of :meth:`Store.similar_many` in a CSV file (``-``: stdin): a
+    ``region_id`` column, or ``lon`` and ``lat`` columns (other columns are ignored).
+    Returns (region ids, None) or (None, points).
+
+    Raises:
+        InputError: a missing file, no or both kinds of columns, a row without a region id,
+            a short row or a bad number, naming the file and line.
+    """
+    from musecl_store.geo import short
+
+    def parser(header: list[str] | None, name: str) -> Callable[[list[str], str], Any]:
+        cols = header or []
+        by_id, by_point = "region_id" in cols, "lon" in cols or "lat" in cols
+        if by_id and by_point:
+            raise InputError(
+                f"{name}:1: has a region_id column and lon/lat columns; keep one kind of query"
+            )
+        if by_point:
+            return _points_parser(header, name)
+        if not by_id:
+            raise InputError(
+                f"{name}:1: needs a region_id column, or lon and lat columns "
+                f"(found {short(header)})"
+            )
+        if cols.count("region_id") != 1:
+            raise InputError(f"{name}:1: has {cols.count('region_id')} region_id columns")
+        col = cols.index("region_id")
+
+        def region_id(row: list[str], where: str) -> str:
+            if col >= len(row) or not row[col].strip():
+                raise InputError(f"{where}: the row has no region_id")
+            return row[col].strip()
+
+        return region_id
+
+    header, rows = _read_csv(path, parser)
+    if header is not None and "region_id" in header:
+        return [str(r) for r in rows], None
+    return None, [(float(x), float(y)) for x, y in rows]
+
+
+def _points_parser(
+    header: list[str] | None, name: str
+) -> Callable[[list[str], str], tuple[float, float]]:
+    """The reader of one row's lon/lat for :func:`_read_csv`."""
     from musecl_store.geo import GeoError, lonlat_ok, number, short
 
-    path = Path(path)
-    try:
-        fh = path.open(newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    points = []
+    if header is None or header.count("lon") != 1 or header.count("lat") != 1:
+        raise InputError(
+            f"{name}:1: needs lon and lat columns, one of each (found {short(header)})"
+        )
+    ilon, ilat = header.index("lon"), header.index("lat")
+
+    def point(row: list[str], where: str) -> tuple[float, float]:
+        if max(ilon, ilat) >= len(row):
+            raise InputError(f"{where}: the row has no lon or lat field")
+        try:
+            x, y = number(row[ilon], "lon"), number(row[ilat], "lat")
+        except GeoError as exc:
+            raise InputError(f"{where}: lon/lat must be numbers ({exc})") from exc
+        if not lonlat_ok(np.array([x]), np.array([y]))[0]:
+            raise InputError(f"{where}: ({x}, {y}) is not a lon/lat point")
+        return x, y
+
+    return point
+
+
+def _read_csv(
+    path: str | Path, parser: Callable[[list[str] | None, str], Callable[[list[str], str], Any]]
+) -> tuple[list[str] | None, list[Any]]:
+    """(header, one value per non-empty row) of a CSV file (``-``: stdin, read whole).
+    ``parser(header, name)`` checks the header and returns the row reader, which is called
+    with the row and ``"NAME:LINE"`` for its messages.
+
+    Raises:
+        InputError: what the parser raises, a file that cannot be read, text that is not
+            UTF-8 or not CSV, naming the file and line.
+    """
+    name = str(path)
+    if name == "-":
+        name = "stdin"
+        data = getattr(sys.stdin, "buffer", None)
+        raw = data.read() if data is not None else sys.stdin.read().encode()
+        fh: TextIO = io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8-sig", newline="")
+    else:
+        file = Path(path)
+        try:
+            fh = file.open(newline="", encoding="utf-8-sig")
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    rows = []
     line = 1
     with fh:
         reader = csv.reader(fh)
         try:
             header = next(reader, None)
-            if header is None or header.count("lon") != 1 or header.count("lat") != 1:
-                raise InputError(
-                    f"{path}:1: needs lon and lat columns, one of each (found {short(header)})"
-                )
-            ilon, ilat = header.index("lon"), header.index("lat")
+            parse = parser(header, name)
             line = reader.line_num + 1
             for row in reader:
                 if row:
-                    if max(ilon, ilat) >= len(row):
-                        raise InputError(f"{path}:{line}: the row has no lon or lat field")
-                    try:
-                        x, y = number(row[ilon], "lon"), number(row[ilat], "lat")
-                    except GeoError as exc:
-                        raise InputError(f"{path}:{line}: lon/lat must be numbers ({exc})") from exc
-                    if not lonlat_ok(np.array([x]), np.array([y]))[0]:
-                        raise InputError(f"{path}:{line}: ({x}, {y}) is not a lon/lat point")
-                    points.append((x, y))
+                    rows.append(parse(row, f"{name}:{line}"))
                 line = reader.line_num + 1  # where the next record starts
         except UnicodeDecodeError as exc:
-            raise InputError(f"{path}: not UTF-8 text near line {line} ({exc.reason})") from exc
+            raise InputError(f"{name}: not UTF-8 text near line {line} ({exc.reason})") from exc
         except csv.Error as exc:
-            raise InputError(f"{path}:{line}: {exc}") from exc
-    return points
+            raise InputError(f"{name}:{line}: {exc}") from exc
+    return header, rows
 
 
 @contextmanager
@@ -155,6 +240,71 @@ def _writing(out: str | Path) -> Iterator[None]:
         if not existed:
             path.unlink(missing_ok=True)
         raise InputError(f"{out}: cannot write ({exc.strerror or exc})") from exc
+
+
+def _filters(query: SearchOptions) -> Any:
+    """The :class:`~musecl_store.search.Filters` of a search's keywords (each value checked,
+    a bad one raising a SearchError that names it)."""
+    from musecl_store.search import Filters, parse_polygon
+
+    polygon = query.get("polygon")
+    return Filters(
+        bbox=query.get("bbox"),  # type: ignore[arg-type]
+        polygon=parse_polygon(polygon) if isinstance(polygon, str) else polygon,
+        near=query.get("near"),  # type: ignore[arg-type]
+        same_city=query.get("same_city", False),
+        other_cities=query.get("other_cities", False),
+        exclude_adjacent=query.get("exclude_adjacent", False),
+    )
+
+
+def _hits_frame(
+    rows: Sequence[tuple[str | int | None, Hit | None, str | None]],
+    geometry: bool,
+    *,
+    with_query: bool = False,
+) -> pd.DataFrame:
+    """The frame of :meth:`Store.similar` (and, ``with_query``, of
+    :meth:`Store.similar_many`: a ``query`` column first, an ``error`` column last) from
+    (query, hit or None, error) rows."""
+    import pandas as pd
+
+    cols = ["rank", "region_id", "city", "score", "percentile", "lon", "lat"]
+    records = []
+    for query, h, error in rows:
+        row: dict[str, Any] = {"query": query} if with_query else {}
+        if h is not None:
+            row.update(
+                rank=h.rank,
+                region_id=h.region_id,
+                city=h.city,
+                score=h.score,
+                percentile=h.percentile,
+                lon=h.centroid[0],
+                lat=h.centroid[1],
+            )
+            for branch, w in (h.attention or {}).items():
+                row[f"attention:{branch}"] = w
+        if with_query:
+            row["error"] = error
+        records.append(row)
+    if with_query:
+        cols = ["query", *cols]
+        branches = sorted({c for r in records for c in r if c.startswith("attention:")})
+        frame = pd.DataFrame(records, columns=[*cols, *branches, "error"])
+        frame["rank"] = frame["rank"].astype("Int64")
+    else:
+        frame = pd.DataFrame(records, columns=cols if not records else None)
+    if not geometry:
+        return frame
+    import geopandas as gpd
+    import shapely.geometry
+
+    shapes = [
+        None if h is None or h.geometry is None else shapely.geometry.shape(h.geometry)
+        for _, h, _ in rows
+    ]
+    return gpd.GeoDataFrame(frame, geometry=shapes, crs="EPSG:4326")
 
 
 class Store:
@@ -547,32 +697,26 @@ class Store:
 
     def search(self, city: str, region: str | None = None, **query: Unpack[Search]) -> list[Hit]:
         """Like :meth:`similar`, as a list of :class:`~musecl_store.search.Hit` records."""
-        from musecl_store.search import Filters, Query, parse_polygon, similar
+        from musecl_store.search import Query, similar
 
-        polygon = query.get("polygon")
-        bbox, near, point, vector = (
-            query.get("bbox"),
-            query.get("near"),
-            query.get("point"),
-            query.get("vector"),
-        )
-        filters = Filters(  # Filters and Query check every value, naming the argument
-            bbox=bbox,  # type: ignore[arg-type]
-            polygon=parse_polygon(polygon) if isinstance(polygon, str) else polygon,
-            near=near,  # type: ignore[arg-type]
-            same_city=query.get("same_city", False),
-            other_cities=query.get("other_cities", False),
-            exclude_adjacent=query.get("exclude_adjacent", False),
-        )
+        filters = _filters(query)  # Filters and Query check every value, naming the argument
+        point, vector = query.get("point"), query.get("vector")
         where = Query(
             city=city,
             region_id=region,
             point=point,
             vector=vector,  # type: ignore[arg-type]
         )
+        return self._searched(similar, city, where, filters, query)
+
+    def _searched(
+        self, run: Callable[..., Any], city: str, where: Any, filters: Any, query: Any, **more: Any
+    ) -> Any:
+        """``run`` (``similar`` or ``similar_many``) on the open index of the query's model
+        version and kind, with the query's k and what to include."""
         kind = query.get("kind", "fused")
         with self._indexed(city, query.get("model_version"), kind) as (s, idx):
-            return similar(
+            return run(
                 s,
                 idx,
                 where,
@@ -580,6 +724,7 @@ class Store:
                 filters,
                 with_geometry=query.get("geometry", False),
                 with_attention=query.get("attention", False),
+                **more,
             )
 
     def similar(
@@ -597,33 +742,60 @@ class Store:
         ``exclude_adjacent``, and ``geometry``, ``attention``, ``kind`` ("fused"),
         ``model_version`` (the active one).
         """
-        import pandas as pd
-
         hits = self.search(city, region, **query)
-        rows = []
-        for h in hits:
-            row: dict[str, Any] = {
-                "rank": h.rank,
-                "region_id": h.region_id,
-                "city": h.city,
-                "score": h.score,
-                "percentile": h.percentile,
-                "lon": h.centroid[0],
-                "lat": h.centroid[1],
-            }
-            for branch, w in (h.attention or {}).items():
-                row[f"attention:{branch}"] = w
-            rows.append(row)
-        cols = ["rank", "region_id", "city", "score", "percentile", "lon", "lat"]
-        frame = pd.DataFrame(rows, columns=cols if not rows else None)
-        if not query.get("geometry"):
-            return frame
-        import geopandas as gpd
-        import shapely.geometry
+        return _hits_frame([(None, h, None) for h in hits], query.get("geometry", False))
 
-        return gpd.GeoDataFrame(
-            frame, geometry=[shapely.geometry.shape(h.geometry) for h in hits], crs="EPSG:4326"
+    def search_many(
+        self,
+        city: str,
+        regions: Sequence[str] | None = None,
+        points: Sequence[tuple[float, float]] | None = None,
+        vectors: Sequence[Sequence[float]] | np.ndarray | None = None,
+        *,
+        show_progress: bool | None = None,
+        **query: Unpack[SearchOptions],
+    ) -> list[Answer]:
+        """Like :meth:`similar_many`, as one :class:`~musecl_store.search.Answer` (query,
+        hits, error) per query."""
+        from musecl_store.search import Queries, similar_many
+
+        filters = _filters(query)
+        queries = Queries(city=city, region_ids=regions, points=points, vectors=vectors)
+        return self._searched(
+            similar_many, city, queries, filters, query, show_progress=show_progress
         )
+
+    def similar_many(
+        self,
+        city: str,
+        regions: Sequence[str] | None = None,
+        points: Sequence[tuple[float, float]] | None = None,
+        vectors: Sequence[Sequence[float]] | np.ndarray | None = None,
+        *,
+        show_progress: bool | None = None,
+        **query: Unpack[SearchOptions],
+    ) -> pd.DataFrame:
+        """:meth:`similar` for many queries at once: region ids of ``city``, lon/lat
+        ``points`` or ``vectors`` (one of them). The answers are those of :meth:`similar` for
+        each query, found together: the index is checked once, the query regions are found
+        in bulk, and the queries are scored in one batched search.
+
+        Columns: ``query`` (the region id, ``"lon,lat"``, or the vector's row number), then
+        those of :meth:`similar`, then ``error``. A query that cannot be answered (an unknown
+        region, a point in no region, a bad vector ...) has one row with ``error`` saying why
+        and the other columns empty; a query that no region passes the filters for has no
+        row. The keywords are those of :meth:`similar` but ``point`` and ``vector``.
+        """
+        answers = self.search_many(
+            city, regions, points, vectors, show_progress=show_progress, **query
+        )
+        rows: list[tuple[str | int | None, Hit | None, str | None]] = []
+        for a in answers:
+            if a.error is not None:
+                rows.append((a.query, None, a.error))
+            else:
+                rows.extend((a.query, h, None) for h in a.hits)
+        return _hits_frame(rows, query.get("geometry", False), with_query=True)
 
     def features(
         self,

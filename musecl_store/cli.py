@@ -577,33 +577,71 @@ def index_status(
         )
 
 
+_SEARCH_OPTIONS = [
+    click.option(
+        "-k", default=10, show_default=True, type=click.IntRange(1), help="How many regions."
+    ),
+    click.option(
+        "--bbox",
+        metavar="MINLON,MINLAT,MAXLON,MAXLAT",
+        help="Only regions whose centroid lies in this box.",
+    ),
+    click.option(
+        "--near", metavar="LON,LAT,KM", help="Only regions whose centroid is within KM of LON,LAT."
+    ),
+    click.option(
+        "--polygon",
+        metavar="WKT_OR_GEOJSON",
+        help="Only regions whose centroid lies in this polygon (WKT or GeoJSON).",
+    ),
+    click.option("--same-city", is_flag=True, help="Only regions of the query's city."),
+    click.option(
+        "--other-cities", is_flag=True, help="Only regions of other cities than the query's."
+    ),
+    click.option(
+        "--exclude-adjacent", is_flag=True, help="Leave out regions touching the query region."
+    ),
+    click.option("--geometry", is_flag=True, help="Include each region's GeoJSON geometry."),
+    click.option(
+        "--attention", is_flag=True, help="Include each region's fusion attention weights."
+    ),
+    model_option,
+    kind_option,
+]
+
+
+def search_options(command: Any) -> Any:
+    """The options `similar` and `similar-many` share: k, the filters, what to include."""
+    for option in reversed(_SEARCH_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _search_keywords(
+    bbox: str | None,
+    near: str | None,
+    same_city: bool,
+    other_cities: bool,
+    **rest: Any,
+) -> dict[str, Any]:
+    """The keywords of `Store.search` from the shared options (coordinates parsed: a bad
+    one is a usage error naming the option)."""
+    if same_city and other_cities:
+        raise click.UsageError("--same-city and --other-cities exclude each other; pick one")
+    return {
+        "bbox": _coordinates(bbox, "MINLON,MINLAT,MAXLON,MAXLAT", "--bbox"),
+        "near": _coordinates(near, "LON,LAT,KM", "--near"),
+        "same_city": same_city,
+        "other_cities": other_cities,
+        **rest,
+    }
+
+
 @main.command()
 @city_option
 @click.argument("region_id", required=False)
-@click.option("-k", default=10, show_default=True, type=click.IntRange(1), help="How many regions.")
 @click.option("--point", metavar="LON,LAT", help="Query from the region containing this point.")
-@click.option(
-    "--bbox",
-    metavar="MINLON,MINLAT,MAXLON,MAXLAT",
-    help="Only regions whose centroid lies in this box.",
-)
-@click.option(
-    "--near", metavar="LON,LAT,KM", help="Only regions whose centroid is within KM of LON,LAT."
-)
-@click.option(
-    "--polygon",
-    metavar="WKT_OR_GEOJSON",
-    help="Only regions whose centroid lies in this polygon (WKT or GeoJSON).",
-)
-@click.option("--same-city", is_flag=True, help="Only regions of the query's city.")
-@click.option("--other-cities", is_flag=True, help="Only regions of other cities than the query's.")
-@click.option(
-    "--exclude-adjacent", is_flag=True, help="Leave out regions touching the query region."
-)
-@click.option("--geometry", is_flag=True, help="Include each region's GeoJSON geometry.")
-@click.option("--attention", is_flag=True, help="Include each region's fusion attention weights.")
-@model_option
-@kind_option
+@search_options
 @json_option
 @click.pass_obj
 def similar(
@@ -639,24 +677,20 @@ def similar(
     pt = _coordinates(point, "LON,LAT", "--point")
     if (region_id is None) == (pt is None):
         raise click.UsageError("give a REGION_ID or --point LON,LAT (one of them)")
-    if same_city and other_cities:
-        raise click.UsageError("--same-city and --other-cities exclude each other; pick one")
-    hits = store.search(
-        city,
-        region_id,
-        point=pt,  # type: ignore[arg-type]
+    keywords = _search_keywords(
+        bbox,
+        near,
+        same_city,
+        other_cities,
         k=k,
-        bbox=_coordinates(bbox, "MINLON,MINLAT,MAXLON,MAXLAT", "--bbox"),
-        near=_coordinates(near, "LON,LAT,KM", "--near"),
         polygon=polygon,
-        same_city=same_city,
-        other_cities=other_cities,
         exclude_adjacent=exclude_adjacent,
         geometry=geometry,
         attention=attention,
         kind=kind,
         model_version=model_version,
     )
+    hits = store.search(city, region_id, point=pt, **keywords)  # type: ignore[arg-type]
     if as_json:
         emit([h.to_dict() for h in hits])
         return
@@ -682,6 +716,73 @@ def similar(
         ],
         "><<>>>>" + ">" * len(branches),
     )
+
+
+@main.command("similar-many")
+@city_option
+@click.argument("queries", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True))
+@search_options
+@click.option("--out", type=click.Path(dir_okay=False), help="Write here instead of stdout.")
+@json_option
+@click.pass_obj
+def similar_many(
+    store: Store,
+    city: str,
+    queries: str,
+    out: str | None,
+    as_json: bool,
+    bbox: str | None,
+    near: str | None,
+    same_city: bool,
+    other_cities: bool,
+    **options: Any,
+) -> None:
+    """The K regions most similar to each region or point of FILE, in one batch: the
+    answers of `musecl similar` for every row, found together (one index check, one
+    batched search), far faster than one `similar` per row.
+
+    FILE is a CSV with a region_id column (regions of --city), or lon and lat columns (the
+    region of --city containing each point); other columns are ignored; - reads stdin.
+
+    \b
+    Example:
+      musecl similar-many --city demo-0 regions.csv -k 5 --exclude-adjacent --out similar.csv
+      printf 'lon,lat\n8.54,47.37\n' | musecl similar-many --city demo-0 - --json
+
+    CSV columns: query (the region id, or lon,lat), rank, region_id, city, score,
+    percentile, lon, lat (+ attention:<branch>, geometry), error. A row of FILE that cannot
+    be answered (an unknown region, a point in no region) gets one line with the reason in
+    error, and the others are answered (a count goes to stderr); a query that no region
+    passes the filters for gets no line. JSON: a list of {"query", "hits", "error"}, hits
+    as in `musecl similar --json`.
+    """
+    from musecl_store.api import read_queries_csv
+
+    ids, points = read_queries_csv(queries)
+    keywords = _search_keywords(bbox, near, same_city, other_cities, **options)
+    if as_json:
+        answers = store.search_many(city, ids, points, **keywords)
+        failed = sum(a.error is not None for a in answers)
+        text = json.dumps([a.to_dict() for a in answers], indent=2, ensure_ascii=False) + "\n"
+    else:
+        frame = store.similar_many(city, ids, points, **keywords)
+        failed = int(frame["error"].notna().sum())  # one line per failed query
+        text = frame.to_csv(index=False, float_format="%.7g")
+    _write_out(out, text)
+    if failed:
+        click.echo(f"{failed} of the queries could not be answered (see error)", err=True)
+
+
+def _write_out(out: str | None, text: str) -> None:
+    """``text`` into the file ``--out`` names, or to stdout without one."""
+    if out:
+        try:
+            with open(out, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as exc:
+            raise click.ClickException(f"--out {out}: cannot write ({exc.strerror})") from exc
+    else:
+        click.echo(text, nl=False)
 
 
 @main.command()
@@ -737,14 +838,7 @@ def features(
                 for r, v in zip(frame["region_id"], vectors, strict=True)
             ]
         )
-    if out:
-        try:
-            with open(out, "w", encoding="utf-8") as f:
-                f.write(text)
-        except OSError as exc:
-            raise click.ClickException(f"--out {out}: cannot write ({exc.strerror})") from exc
-    else:
-        click.echo(text, nl=False)
+    _write_out(out, text)
 
 
 # ------------------------------------------------------------------ embed, regress

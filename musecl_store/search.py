@@ -14,6 +14,9 @@ are many, the index is searched with a growing over-fetch until k candidates pas
 from __future__ import annotations
 
 import json
+import re
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +30,9 @@ from sqlalchemy.orm import Session
 
 from musecl_store import dialect, geo
 from musecl_store.errors import MuseclError
+from musecl_store.features import locate
 from musecl_store.index import RegionIndex
+from musecl_store.progress import progress
 from musecl_store.summary import get_city
 from musecl_store.tables import City, Embedding, Region
 
@@ -277,16 +282,54 @@ def _candidates(
 
 def _adjacent(session: Session, pk: int) -> np.ndarray:
     """Regions whose polygon touches (or overlaps) region ``pk``'s."""
-    geom = to_shape(session.execute(select(Region.geom).where(Region.id == pk)).scalar_one())
+    return _adjacent_many(session, [pk])[pk]
+
+
+def _adjacent_many(session: Session, pks: Sequence[int]) -> dict[int, np.ndarray]:
+    """:func:`_adjacent` of many regions, in few queries: the regions are grouped by the cell
+    of a grid (8 region widths a side) they start in, and each group's neighbours come from
+    one spatial-index query over the group's box, then the exact test per region."""
+    shapes: dict[int, BaseGeometry] = {}
+    for chunk in _chunks(sorted({int(p) for p in pks})):
+        rows = session.execute(select(Region.id, Region.geom).where(Region.id.in_(chunk))).all()
+        shapes.update((int(pk), to_shape(g)) for pk, g in rows)
+    if not shapes:
+        return {}
+    bounds = {pk: g.bounds for pk, g in shapes.items()}
+    size = [max(b[2] - b[0], b[3] - b[1]) for b in bounds.values()]
+    cell = 8 * max(float(np.median(size)), 1e-6)
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for pk, b in bounds.items():
+        groups[(int(b[0] // cell), int(b[1] // cell))].append(pk)
     name = dialect.name(session)
-    rows = session.execute(
-        select(Region.id, Region.geom).where(
-            dialect.in_bbox("regions", Region.geom, Region.id, geom.bounds, name), Region.id != pk
-        )
-    ).all()
-    grown = geom.buffer(1e-9)  # shared edges computed apart must still meet
-    shapely.prepare(grown)
-    return np.array([r[0] for r in rows if grown.intersects(to_shape(r[1]))], dtype=np.int64)
+    out: dict[int, np.ndarray] = {}
+    for members in groups.values():
+        box = np.array([bounds[pk] for pk in members])
+        lo, hi = box[:, :2].min(axis=0) - 1e-6, box[:, 2:].max(axis=0) + 1e-6
+        frame = (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
+        rows = session.execute(
+            select(Region.id, Region.geom).where(
+                dialect.in_bbox("regions", Region.geom, Region.id, frame, name)
+            )
+        ).all()
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        tree = shapely.STRtree([to_shape(r[1]) for r in rows])
+        for pk in members:
+            grown = shapes[pk].buffer(1e-9)  # shared edges computed apart must still meet
+            near = ids[tree.query(grown, predicate="intersects")]
+            out[pk] = near[near != pk]
+    return out
+
+
+def _chunks(values: Sequence[Any], size: int = 5000) -> Iterator[Sequence[Any]]:
+    """``values`` in slices of ``size``: IN lists of a bounded length."""
+    for a in range(0, len(values), size):
+        yield values[a : a + size]
+
+
+def _check_k(k: Any) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise SearchError(f"k must be an integer of at least 1, not {geo.short(k)}")
 
 
 def similar(
@@ -306,8 +349,7 @@ def similar(
         SearchError: no or several query sources, an unknown region, a point in no region.
     """
     filters = filters or Filters()
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise SearchError(f"k must be an integer of at least 1, not {geo.short(k)}")
+    _check_k(k)
     sources = [query.region_id is not None, query.vector is not None, query.point is not None]
     if sum(sources) != 1:
         raise SearchError("give exactly one of a region id, a vector or a point")
@@ -397,6 +439,409 @@ def similar(
     return hits
 
 
+# ------------------------------------------------------------------ many queries at once
+
+_BLOCK = 4096  # queries ranked together: one index search (per fetch size) per block
+_SCORES = 8_000_000  # scores one batched matrix product may hold at once (32 MB of float32)
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # text no store holds (PostgreSQL refuses it)
+
+
+@dataclass
+class Queries:
+    """Many queries of one kind for :func:`similar_many`: the ids of regions of ``city``,
+    lon/lat points (the region containing each; in ``city``, or in any city when it is None),
+    or vectors (rows of a matrix or lists of numbers). Exactly one of them.
+
+    Raises:
+        SearchError: none or several kinds of queries, or queries that are not a list.
+    """
+
+    city: str | None = None
+    region_ids: Sequence[Any] | None = None
+    points: Sequence[Any] | None = None
+    vectors: Sequence[Any] | np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        given = [
+            (what, value)
+            for what, value in (
+                ("region ids", self.region_ids),
+                ("points", self.points),
+                ("vectors", self.vectors),
+            )
+            if value is not None
+        ]
+        if len(given) != 1:
+            raise SearchError("give exactly one of region ids, points or vectors")
+        what, value = given[0]
+        if isinstance(value, np.ndarray):
+            if value.ndim == 0 or (what == "vectors" and value.ndim != 2):
+                raise SearchError(f"the {what} must be a list, not an array of shape {value.shape}")
+        elif isinstance(value, (str, bytes, dict)) or not isinstance(value, Sequence):
+            raise SearchError(f"the {what} must be a list, not {geo.short(value)}")
+
+    def items(self) -> list[Any]:
+        value = next(v for v in (self.region_ids, self.points, self.vectors) if v is not None)
+        return list(value)
+
+    def label(self, i: int, item: Any) -> str | int:
+        """What names query ``i`` in the answers: the region id, ``lon,lat``, or the vector's
+        row number."""
+        if self.vectors is not None:
+            return i
+        if self.points is not None:
+            try:
+                return ",".join(str(float(v)) for v in item)
+            except (TypeError, ValueError, OverflowError):
+                return geo.short(item)
+        return item if isinstance(item, str) else geo.short(item)
+
+
+@dataclass
+class Answer:
+    """One query's answer in a batch: its hits (best first), or the error that ``similar``
+    would have raised for it alone (and no hits)."""
+
+    query: str | int
+    hits: list[Hit]
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query": self.query, "hits": [h.to_dict() for h in self.hits], "error": self.error}
+
+
+def similar_many(
+    session: Session,
+    index: RegionIndex,
+    queries: Queries,
+    k: int = 10,
+    filters: Filters | None = None,
+    *,
+    with_geometry: bool = False,
+    with_attention: bool = False,
+    brute_force_limit: int = 200_000,
+    show_progress: bool | None = False,
+) -> list[Answer]:
+    """:func:`similar` for many queries at once: one answer per query, in their order, each
+    the same as ``similar`` gives for that query alone (hits, order, scores up to float32
+    rounding, percentiles).
+
+    The index is checked against the database once; query regions, points and their
+    neighbours (``exclude_adjacent``) are found in bulk; the queries are scored together: one
+    index search per over-fetch size, or one matrix product over the filtered candidates,
+    per block of 4,096 queries.
+
+    A query that cannot be answered (an unknown region, a point in no region, a region
+    without an embedding, a malformed point or vector) gets an :class:`Answer` with
+    ``error`` set to the message ``similar`` would raise, and no hits; the others are
+    answered.
+
+    Raises:
+        SearchError: what is wrong for every query: ``k``, the filters, no or several kinds
+            of queries, region ids without a city, ``exclude_adjacent`` or a city filter that
+            vectors cannot have.
+    """
+    filters = filters or Filters()
+    _check_k(k)
+    mv, kind = index.stamp.model_version, index.stamp.kind
+    city_filter = filters.same_city or filters.other_cities
+    items = queries.items()
+    n = len(items)
+    labels = [queries.label(i, item) for i, item in enumerate(items)]
+    errors: list[str | None] = [None] * n
+    pks = np.full(n, -1, dtype=np.int64)  # the query region's, where there is one
+    whats = [""] * n  # how similar's messages name a query region
+    raw: list[np.ndarray | None] = [None] * n
+    if queries.vectors is not None:
+        if filters.exclude_adjacent:
+            raise SearchError("excluding adjacent regions needs a query region (or point)")
+        if city_filter and queries.city is None:
+            raise SearchError("same/other-city filters need --city for a vector query")
+        for i, item in enumerate(items):
+            try:
+                raw[i] = query_vector(item)
+            except SearchError as exc:
+                errors[i] = str(exc)
+    elif queries.region_ids is not None:
+        if queries.city is None:
+            raise SearchError("a region id needs its city")
+        _find_regions(session, queries.city, items, pks, whats, errors)
+    else:
+        _find_points(session, queries.city, items, pks, whats, errors)
+    index.refresh(session)  # once for the batch: the index must agree with the database
+
+    dim = index.stamp.dim
+    vecs = np.zeros((n, dim), dtype=np.float32)
+    city_of = np.full(n, -1, dtype=np.int64)  # the query's city, for same/other-city
+    if queries.vectors is not None:
+        if city_filter:
+            assert queries.city is not None
+            city_of[:] = get_city(session, queries.city).id
+        for i, r in enumerate(raw):
+            if r is not None and r.shape[0] != dim:
+                errors[i] = (
+                    f"the query vector has {r.shape[0]} values; the {kind} vectors of model "
+                    f"version {mv} have {dim}"
+                )
+            elif r is not None:
+                vecs[i] = (r / np.linalg.norm(r)).astype(np.float32)
+    else:
+        _region_vectors(session, index, pks, whats, errors, vecs, city_of)
+
+    live = [i for i in range(n) if errors[i] is None]
+    excluded: dict[int, set[int]] = {
+        i: set() if (filters.include_self or pks[i] < 0) else {int(pks[i])} for i in live
+    }
+    if filters.exclude_adjacent:
+        adjacent = _adjacent_many(session, [int(pks[i]) for i in live])
+        for i in live:
+            excluded[i] |= set(adjacent[int(pks[i])].tolist())
+    allowed: dict[int, np.ndarray | None] = {}  # by query city (-1: the same for all)
+
+    def rank(block: list[int]) -> Iterator[tuple[int, Answer]]:
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i in block:
+            groups[int(city_of[i]) if city_filter else -1].append(i)
+        ranked: dict[int, tuple[list[tuple[int, float]], list[float | None]]] = {}
+        for key, members in groups.items():
+            if key not in allowed:
+                allowed[key] = _candidates(session, mv, kind, filters, None if key < 0 else key)
+            cand = allowed[key]
+            if cand is not None and len(cand) <= brute_force_limit:
+                ranked.update(_scored_many(index, cand, members, vecs, excluded, k))
+            else:
+                ranked.update(_searched_many(index, cand, members, vecs, excluded, k))
+        hit_pks = [pk for r, _ in ranked.values() for pk, _ in r]
+        rows = _hit_rows(session, hit_pks, mv, with_geometry, with_attention)
+        for i in block:
+            hits = _make_hits(ranked[i][0], rows)
+            for h, p in zip(hits, ranked[i][1], strict=True):
+                h.percentile = p
+            yield i, Answer(labels[i], hits)
+
+    def answered() -> Iterator[tuple[int, Answer]]:
+        for a in range(0, len(live), _BLOCK):
+            yield from rank(live[a : a + _BLOCK])
+
+    answers = [Answer(labels[i], [], errors[i]) for i in range(n)]
+    for i, answer in progress(
+        answered(), desc="similar", total=len(live), enabled=show_progress, unit="query"
+    ):
+        answers[i] = answer
+    return answers
+
+
+def _find_regions(
+    session: Session,
+    city: str,
+    items: list[Any],
+    pks: np.ndarray,
+    whats: list[str],
+    errors: list[str | None],
+) -> None:
+    """The pks of region ids of ``city`` (chunked IN lists); an error for those it lacks."""
+    c = get_city(session, city)
+    wanted = sorted({r for r in items if isinstance(r, str) and not _UNSTORABLE.search(r)})
+    pk_of: dict[str, int] = {}
+    for chunk in _chunks(wanted):
+        rows = session.execute(
+            select(Region.region_id, Region.id).where(
+                Region.city_id == c.id, Region.region_id.in_(chunk)
+            )
+        ).all()
+        pk_of.update((str(r), int(pk)) for r, pk in rows)
+    for i, r in enumerate(items):
+        if not isinstance(r, str):
+            errors[i] = f"a region id is a string, not {geo.short(r)}"
+        elif r not in pk_of:
+            errors[i] = f"city {city!r} has no region {r!r}"
+        else:
+            pks[i], whats[i] = pk_of[r], r
+
+
+def _find_points(
+    session: Session,
+    city: str | None,
+    items: list[Any],
+    pks: np.ndarray,
+    whats: list[str],
+    errors: list[str | None],
+) -> None:
+    """The region containing each point, as :func:`region_at` finds it. In a city, all points
+    at once (:func:`musecl_store.features.locate`: H3 cells by id, other polygons through an
+    STR-tree); a point that is not strictly inside the region found (on a border, or outside
+    the cell's polygon) is looked up with ``region_at``, whose answer is the reference."""
+    at: list[tuple[int, float, float]] = []
+    for i, item in enumerate(items):
+        try:
+            lon, lat = _numbers(item, "LON,LAT", "point")
+        except SearchError as exc:
+            errors[i] = str(exc)
+            continue
+        at.append((i, lon, lat))
+        whats[i] = f"({lon}, {lat})"
+    unsure = at
+    if city is not None and at:
+        c = get_city(session, city)
+        x = np.array([p[1] for p in at])
+        y = np.array([p[2] for p in at])
+        found = locate(session, c.id, x, y)
+        shapes: dict[str, tuple[int, BaseGeometry]] = {}
+        for chunk in _chunks(sorted({r for r in found if r is not None})):
+            rows = session.execute(
+                select(Region.region_id, Region.id, Region.geom).where(
+                    Region.city_id == c.id, Region.region_id.in_(chunk)
+                )
+            ).all()
+            shapes.update((str(r), (int(pk), to_shape(g))) for r, pk, g in rows)
+        geoms = np.array([shapes[r][1] if r in shapes else None for r in found], dtype=object)
+        inside = shapely.contains_properly(geoms, shapely.points(x, y))  # None: False
+        unsure = []
+        for (i, lon, lat), r, sure in zip(at, found, inside.tolist(), strict=True):
+            if sure and r is not None:
+                pks[i] = shapes[r][0]
+            else:
+                unsure.append((i, lon, lat))
+    for i, lon, lat in unsure:
+        try:
+            pks[i] = region_at(session, lon, lat, city=city)[0]
+        except SearchError as exc:
+            errors[i] = str(exc)
+
+
+def _region_vectors(
+    session: Session,
+    index: RegionIndex,
+    pks: np.ndarray,
+    whats: list[str],
+    errors: list[str | None],
+    vecs: np.ndarray,
+    city_of: np.ndarray,
+) -> None:
+    """Fill in the query regions' vectors and cities; an error for a region the index
+    cannot give a vector of."""
+    live = np.flatnonzero(pks >= 0)
+    if not len(live):
+        return
+    city_by_pk: dict[int, int] = {}
+    for chunk in _chunks(sorted(set(pks[live].tolist()))):
+        rows = session.execute(select(Region.id, Region.city_id).where(Region.id.in_(chunk)))
+        city_by_pk.update((int(pk), int(cid)) for pk, cid in rows.all())
+    try:
+        vecs[live] = index.vectors(pks[live])
+        missing: list[int] = []
+    except RuntimeError:  # some region has no vector: find which
+        missing = []
+        for i in live.tolist():
+            try:
+                vecs[i] = index.vectors(pks[i : i + 1])[0]
+            except RuntimeError:
+                missing.append(i)
+    st = index.stamp
+    for i in missing:
+        errors[i] = (
+            f"region {whats[i]} has no {st.kind} embedding in model version {st.model_version}"
+        )
+    for i in live.tolist():
+        city_of[i] = city_by_pk[int(pks[i])]
+
+
+def _unit_rows(vecs: np.ndarray, rows: Sequence[int]) -> np.ndarray:
+    """The query rows at unit length, computed as ``similar`` does for one query."""
+    return np.stack([vecs[i] / max(float(np.linalg.norm(vecs[i])), 1e-12) for i in rows])
+
+
+def _top(pks: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """``np.lexsort((pks, -scores))[:k]`` (best first, ties by pk) without sorting them all."""
+    if len(scores) > k:
+        kth = np.partition(-scores, k - 1)[k - 1]
+        sel = np.flatnonzero(-scores <= kth)  # the k best and every tie of the k-th
+        return sel[np.lexsort((pks[sel], -scores[sel]))][:k]
+    return np.lexsort((pks, -scores))[:k]
+
+
+def _scored_many(
+    index: RegionIndex,
+    cand: np.ndarray,
+    members: list[int],
+    vecs: np.ndarray,
+    excluded: dict[int, set[int]],
+    k: int,
+) -> Iterator[tuple[int, tuple[list[tuple[int, float]], list[float | None]]]]:
+    """The brute-force branch of ``similar`` for many queries: the candidates' vectors
+    scored against all of them in one matrix product (in slices of bounded size)."""
+    cand_vecs = index.vectors(cand)
+    q = _unit_rows(vecs, members)
+    step = max(1, _SCORES // max(len(cand), 1))
+    for a in range(0, len(members), step):
+        scores = cand_vecs @ q[a : a + step].T  # (candidates, queries)
+        for j, i in enumerate(members[a : a + step]):
+            pks, sc = cand, scores[:, j]
+            if excluded[i]:
+                keep = ~np.isin(cand, np.fromiter(excluded[i], np.int64, len(excluded[i])))
+                pks, sc = cand[keep], sc[keep]
+            order = _top(pks, sc, k)
+            ranked = list(zip(pks[order].tolist(), sc[order].tolist(), strict=True))
+            # every candidate is a reference region, the hits too
+            yield i, (ranked, _percentile_values([s for _, s in ranked], [True] * len(ranked), sc))
+
+
+def _searched_many(
+    index: RegionIndex,
+    cand: np.ndarray | None,
+    members: list[int],
+    vecs: np.ndarray,
+    excluded: dict[int, set[int]],
+    k: int,
+) -> Iterator[tuple[int, tuple[list[tuple[int, float]], list[float | None]]]]:
+    """The index branch of ``similar`` for many queries: queries that over-fetch as many
+    rows are searched together, and those that found fewer than k passing rows go again
+    with four times as many, as ``similar`` does for each."""
+    allowed_set = None if cand is None else set(cand.tolist())
+    total = int(index.cpu_index.ntotal)
+    fetch = {i: k + len(excluded[i]) for i in members}
+    ranked: dict[int, list[tuple[int, float]]] = {}
+    pending = list(members)
+    while pending:
+        by_fetch: dict[int, list[int]] = defaultdict(list)
+        for i in pending:
+            by_fetch[min(fetch[i], total)].append(i)
+        pending = []
+        for f, group in by_fetch.items():
+            step = max(1, _SCORES // max(f, 1))
+            for a in range(0, len(group), step):
+                part = group[a : a + step]
+                scores, ids = index.search_snapshot(vecs[part], f)
+                for row, i in enumerate(part):
+                    found = [
+                        (int(x), float(s))
+                        for x, s in zip(ids[row], scores[row], strict=True)
+                        if x >= 0
+                        and int(x) not in excluded[i]
+                        and (allowed_set is None or int(x) in allowed_set)
+                    ]
+                    if len(found) >= k or fetch[i] >= total:
+                        ranked[i] = found[:k]
+                    else:
+                        fetch[i] *= 4
+                        pending.append(i)
+    sample_pks, sample_vecs = index.sample(index.sample_size)
+    base = np.ones(len(sample_pks), bool) if cand is None else np.isin(sample_pks, cand)
+    q = _unit_rows(vecs, members)
+    step = max(1, _SCORES // max(len(sample_pks), 1))
+    for a in range(0, len(members), step):
+        reference = sample_vecs @ q[a : a + step].T  # (sample, queries)
+        for j, i in enumerate(members[a : a + step]):
+            keep = base
+            if excluded[i]:
+                gone = np.fromiter(excluded[i], np.int64, len(excluded[i]))
+                keep = base & ~np.isin(sample_pks, gone)
+            hit_pks = [pk for pk, _ in ranked[i]]
+            inside = np.isin(hit_pks, sample_pks[keep]).tolist()
+            scores_i = [s for _, s in ranked[i]]
+            yield i, (ranked[i], _percentile_values(scores_i, inside, reference[keep, j]))
+
+
 def _percentiles(
     hits: list[Hit],
     ranked: list[tuple[int, float]],
@@ -405,14 +850,29 @@ def _percentiles(
 ) -> None:
     """Each hit's share (%) of the other reference regions that are less similar to the
     query; left None when fewer than 10 reference regions would make it meaningless."""
-    reference = np.sort(reference)
-    for h, (pk, _) in zip(hits, ranked, strict=True):
-        # the hit itself does not count (members None: every hit is a reference region)
-        others = len(reference) - (1 if members is None or pk in members else 0)
-        if others < 10:
-            continue
-        below = int(np.searchsorted(reference, h.score - 1e-6, side="left"))
-        h.percentile = round(min(100.0, 100.0 * below / others), 1)
+    # the hit itself does not count (members None: every hit is a reference region)
+    inside = [members is None or pk in members for pk, _ in ranked]
+    values = _percentile_values([h.score for h in hits], inside, reference)
+    for h, p in zip(hits, values, strict=True):
+        h.percentile = p
+
+
+def _percentile_values(
+    scores: Sequence[float], inside: Sequence[bool], reference: np.ndarray
+) -> list[float | None]:
+    """The percentile of each score among the ``reference`` scores (unsorted); ``inside``:
+    the scored region is itself a reference region, which does not count."""
+    thresholds = np.asarray(scores, dtype=np.float64) - 1e-6
+    reference = np.asarray(reference, dtype=np.float64)
+    if len(thresholds) <= 16:  # a few hits: count, no sort of the whole reference
+        below = np.count_nonzero(reference[:, None] < thresholds[None, :], axis=0)
+    else:
+        below = np.searchsorted(np.sort(reference), thresholds, side="left")
+    out: list[float | None] = []
+    for b, self_counted in zip(below.tolist(), inside, strict=True):
+        others = len(reference) - (1 if self_counted else 0)
+        out.append(None if others < 10 else round(min(100.0, 100.0 * b / others), 1))
+    return out
 
 
 def _hits(
@@ -424,7 +884,15 @@ def _hits(
 ) -> list[Hit]:
     if not ranked:
         return []
-    pks = [p for p, _ in ranked]
+    rows = _hit_rows(session, [p for p, _ in ranked], mv, with_geometry, with_attention)
+    return _make_hits(ranked, rows)
+
+
+def _hit_rows(
+    session: Session, pks: Sequence[int], mv: int, with_geometry: bool, with_attention: bool
+) -> dict[int, tuple[str, str, tuple[float, float], dict[str, Any] | None, Any]]:
+    """pk -> (region id, city, centroid, GeoJSON geometry or None, attention or None) of the
+    given regions, read in chunks."""
     cols: list[Any] = [
         Region.id,
         Region.region_id,
@@ -434,35 +902,38 @@ def _hits(
     ]
     if with_geometry:
         cols.append(func.ST_AsGeoJSON(Region.geom))
-    rows = {
-        r[0]: r
+    out: dict[int, tuple[str, str, tuple[float, float], dict[str, Any] | None, Any]] = {}
+    for chunk in _chunks(sorted(set(pks))):
+        attention: dict[int, Any] = {}
+        if with_attention:
+            attention = dict(
+                session.execute(
+                    select(Embedding.region_pk, Embedding.attention).where(
+                        Embedding.model_version_id == mv,
+                        Embedding.kind == "fused",
+                        Embedding.region_pk.in_(chunk),
+                    )
+                ).all()
+            )
         for r in session.execute(
-            select(*cols).join(City, City.id == Region.city_id).where(Region.id.in_(pks))
-        ).all()
-    }
-    attention: dict[int, Any] = {}
-    if with_attention:
-        attention = dict(
-            session.execute(
-                select(Embedding.region_pk, Embedding.attention).where(
-                    Embedding.model_version_id == mv,
-                    Embedding.kind == "fused",
-                    Embedding.region_pk.in_(pks),
-                )
-            ).all()
-        )
-    out = []
-    for rank, (pk, score) in enumerate(ranked, start=1):
-        r = rows[pk]
-        out.append(
-            Hit(
-                rank,
+            select(*cols).join(City, City.id == Region.city_id).where(Region.id.in_(chunk))
+        ).all():
+            out[r[0]] = (
                 r[1],
                 r[2],
-                float(score),
                 (float(r[3]), float(r[4])),
                 json.loads(r[5]) if with_geometry else None,
-                attention.get(pk) if with_attention else None,
+                attention.get(r[0]) if with_attention else None,
             )
-        )
+    return out
+
+
+def _make_hits(
+    ranked: list[tuple[int, float]],
+    rows: dict[int, tuple[str, str, tuple[float, float], dict[str, Any] | None, Any]],
+) -> list[Hit]:
+    out = []
+    for rank, (pk, score) in enumerate(ranked, start=1):
+        region_id, city, centroid, geometry, attention = rows[pk]
+        out.append(Hit(rank, region_id, city, float(score), centroid, geometry, attention))
     return out

@@ -103,13 +103,48 @@ class Filters(BaseModel):
     exclude_adjacent: bool = False
 
 
-class VectorQuery(Filters):
-    vector: list[float] = Field(min_length=1, max_length=MAX_VECTOR)
+class SearchParams(Filters):
+    """The filters, k, the embedding and what each hit includes."""
+
     k: int = Field(10, ge=1, le=MAX_K)
     kind: Kind = "fused"
     model_version: int | None = Field(None, ge=1, le=2**31 - 1)
     geometry: bool = False
     attention: bool = False
+
+
+class VectorQuery(SearchParams):
+    vector: list[float] = Field(min_length=1, max_length=MAX_VECTOR)
+
+
+class BatchQuery(SearchParams):
+    """Many queries of one kind: region ids, lon/lat points or vectors (exactly one)."""
+
+    regions: list[Annotated[str, Field(max_length=200)]] | None = Field(
+        None, max_length=MAX_IDS, description="Region ids of the city."
+    )
+    points: list[list[float]] | None = Field(
+        None, max_length=MAX_IDS, description="[[lon, lat], ...]: the region containing each."
+    )
+    vectors: list[Annotated[list[float], Field(max_length=MAX_VECTOR)]] | None = Field(
+        None, max_length=MAX_IDS, description="Vectors of the embeddings' dimension."
+    )
+
+
+class AnswerOut(BaseModel):
+    query: str | int = Field(description="The region id, 'lon,lat', or the vector's index.")
+    hits: list[HitOut]
+    error: str | None = Field(
+        None,
+        description="Why this query has no answer (an unknown region, a point in no "
+        "region, a bad vector); the other queries are answered.",
+    )
+
+
+class SimilarBatchOut(BaseModel):
+    city: str
+    kind: str
+    answers: list[AnswerOut] = Field(description="One per query, in the order given.")
 
 
 class FeaturesQuery(BaseModel):
@@ -447,6 +482,29 @@ def create_app(
             body.kind,
             **body.model_dump(exclude={"kind"}),
         )
+
+    @api.post(
+        "/cities/{city}/similar/batch",
+        response_model=SimilarBatchOut,
+        summary="The k regions most similar to each of many regions, points or vectors",
+    )
+    def similar_batch(city: CityName, body: BatchQuery) -> Any:
+        given = [n for n in ("regions", "points", "vectors") if getattr(body, n) is not None]
+        if len(given) != 1:
+            raise ApiError(
+                422, "give one of regions, points or vectors", given[1] if given else "regions"
+            )
+        _coordinates(body.bbox, "MINLON,MINLAT,MAXLON,MAXLAT", "bbox")
+        _coordinates(body.near, "LON,LAT,KM", "near")
+        answers = store.search_many(
+            city,
+            body.regions,
+            body.points,  # type: ignore[arg-type]  # each one checked: a bad one, its error
+            body.vectors,
+            show_progress=False,
+            **body.model_dump(exclude={"regions", "points", "vectors"}),
+        )
+        return {"city": city, "kind": body.kind, "answers": [a.to_dict() for a in answers]}
 
     def _features(
         city: str,
