@@ -974,11 +974,18 @@ class Store:
         device: str = "auto",
         show_progress: bool | None = None,
         log: Callable[[str], None] | None = None,
+        nproc: int = 1,
         **overrides: Any,
     ) -> TrainResult:
         """Train MuseCL on a city and store every region's embeddings as a new active model
         version. ``config``: a dict or a JSON file of training settings
-        (``training/config.py``); keyword overrides win over it."""
+        (``training/config.py``); keyword overrides win over it.
+
+        ``nproc`` > 1 trains data-parallel on that many local processes (DDP; gloo on CPUs,
+        NCCL with one GPU per process): the batch sizes are global, so the same seed gives
+        the same model as one process. Their messages then go to stderr (``log`` given) or
+        nowhere. A rank that fails stops the job with a
+        :class:`~training.launch.DistributedTrainingError` and no model version written."""
         from training.config import TrainConfig
         from training.trainer import train_city
 
@@ -986,6 +993,10 @@ class Store:
             cfg = TrainConfig.from_file(config, **overrides)
         else:
             cfg = TrainConfig.from_dict({**(config or {}), **overrides})
+        if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+            raise InputError(f"nproc must be a whole number of at least 1, not {nproc!r}")
+        if nproc > 1:
+            return self._train_parallel(city, cfg, nproc, resume, device, show_progress, log)
         return train_city(
             self.engine(),
             city,
@@ -995,6 +1006,53 @@ class Store:
             show_progress=show_progress,
             log=log or (lambda msg: None),
         )
+
+    def _train_parallel(
+        self,
+        city: str,
+        cfg: Any,
+        nproc: int,
+        resume: bool,
+        device: str,
+        show_progress: bool | None,
+        log: Callable[[str], None] | None,
+    ) -> TrainResult:
+        from musecl_store.summary import get_city
+        from musecl_store.tables import ModelVersion
+        from training.launch import DistributedTrainingError, RankJob, launch
+
+        def newest() -> int | None:
+            with self.session(primary=True) as s:
+                return s.scalar(
+                    select(func.max(ModelVersion.id)).where(
+                        ModelVersion.city_id == get_city(s, city).id
+                    )
+                )
+
+        before = newest()  # also checks that the store and the city exist
+        job = RankJob(
+            url=self.url,
+            read_url=self.read_url,
+            settings=self.settings,
+            city=city,
+            config=cfg.to_dict(),
+            resume=resume,
+            device=device,
+            show_progress=show_progress,
+            log_to="stderr" if log is not None else None,
+        )
+        try:
+            result: TrainResult = launch(nproc, job)
+        except DistributedTrainingError as exc:
+            after = newest()
+            written = (
+                f"Rank 0 had written model version {after} before"
+                if after != before
+                else "No model version was written; the checkpoint of the last finished "
+                "epoch is kept, so the same command resumes"
+            )
+            raise DistributedTrainingError(f"{exc}. {written}") from None
+        return result
 
     def embed(
         self, city: str, model_version: int, *, show_progress: bool | None = None

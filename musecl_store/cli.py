@@ -9,6 +9,7 @@ else is a bug: it prints as such, with the traceback for a report, and exits 2.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from dataclasses import replace
@@ -399,6 +400,15 @@ def ingest(store: Store, bundle: str, check: bool, as_json: bool) -> None:
     show_default=True,
     help="Where to train: auto is cuda when torch sees a GPU, else cpu (the reproducible one).",
 )
+@click.option(
+    "--nproc",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Train data-parallel on this many processes of this machine (DDP: gloo on CPUs, one "
+    "GPU per process with NCCL). Batch sizes stay global: same seed, same model. Messages "
+    "go to stderr.",
+)
 @json_option
 @click.pass_obj
 def train(
@@ -410,6 +420,7 @@ def train(
     checkpoint_dir: str | None,
     restart: bool,
     device: str,
+    nproc: int,
     as_json: bool,
 ) -> None:
     """Train MuseCL on a city and store its region embeddings as a new model version.
@@ -421,6 +432,14 @@ def train(
     every epoch and resumes from its last checkpoint when started again (a finished run is
     reused). The store is only read at the start and written at the end: training holds no
     transaction open.
+
+    \b
+    On several processes:
+      musecl train --city demo-0 --nproc 4
+      torchrun --nproc-per-node 4 -m training train --city demo-0   (the same; also across
+      machines with torchrun's --nnodes and --rdzv-endpoint)
+    Rank 0 writes the model version once every rank has finished; if a rank dies, the job
+    fails, names it, and writes nothing (the same command resumes from the checkpoint).
     """
     overrides = {"epochs": epochs, "seed": seed, "checkpoint_dir": checkpoint_dir}
     log = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
@@ -432,7 +451,10 @@ def train(
         device=device,
         show_progress=False if as_json else None,
         log=log,
+        nproc=nproc,
     )
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        return  # one rank of torchrun: rank 0 reports
     if as_json:
         emit(result.to_dict())
     else:

@@ -7,6 +7,7 @@ training for its write-back and by re-embedding.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -51,6 +52,77 @@ class ImageSet:
     sha256: list[str]
 
 
+IMAGE_CACHE_MB = 1024
+"""Images of one kind held in memory up to this size (``MUSECL_IMAGE_CACHE_MB``); above it,
+every batch is decoded from the image files, so memory does not grow with the city."""
+
+
+def image_cache_bytes() -> int:
+    raw = os.environ.get("MUSECL_IMAGE_CACHE_MB", "").strip()
+    try:
+        mb = float(raw) if raw else IMAGE_CACHE_MB
+    except ValueError:
+        mb = float("nan")
+    if not mb >= 0:
+        raise InputError(f"MUSECL_IMAGE_CACHE_MB must be a number of MiB >= 0, not {raw!r}")
+    return int(mb * 2**20)
+
+
+class Pixels:
+    """The images of one kind at one size, as uint8 ``(n, 3, size, size)``, indexed like a
+    tensor (an index array or tensor, or a slice) one batch at a time.
+
+    When they fit in :func:`image_cache_bytes` they are decoded once and held; otherwise each
+    batch is decoded from its files when asked for (bounded memory: a million 64 px tiles
+    would take 12 GB). Either way every image is checked against its sha256 as it is read,
+    and the pixels are the same.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        images: ImageSet,
+        size: int,
+        desc: str,
+        show_progress: bool | None = None,
+    ):
+        self.source, self.images, self.size = source, images, size
+        self._all: torch.Tensor | None = None
+        if len(images.paths) * 3 * size * size <= image_cache_bytes():
+            rows = np.arange(len(images.paths))
+            self._all = self._read(rows, desc, show_progress)
+
+    def __len__(self) -> int:
+        return len(self.images.paths)
+
+    @property
+    def cached(self) -> bool:
+        return self._all is not None
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        if self._all is not None:
+            return self._all[index]
+        if isinstance(index, slice):
+            rows = np.arange(len(self))[index]
+        else:
+            rows = np.asarray(index, dtype=np.int64).reshape(-1)
+        return self._read(rows)
+
+    def _read(
+        self, rows: np.ndarray, desc: str = "", show_progress: bool | None = False
+    ) -> torch.Tensor:
+        size, imgs = self.size, self.images
+        out = torch.empty((len(rows), 3, size, size), dtype=torch.uint8)
+        for j, k in enumerate(
+            progress(rows.tolist(), desc=desc, enabled=show_progress, unit="img")
+        ):
+            img = open_checked(self.source, imgs.paths[k], imgs.sha256[k])
+            if img.size != (size, size):
+                img = img.resize((size, size))
+            out[j] = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return out
+
+
 @dataclass
 class CityData:
     """What training and embedding read from the store for one city, in region order."""
@@ -67,7 +139,7 @@ class CityData:
     outflow: np.ndarray
     od: sparse.csr_matrix
     lonlat: np.ndarray  # (n, 2) region centroids
-    _pixels: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict, repr=False)
+    _pixels: dict[tuple[str, int], Pixels] = field(default_factory=dict, repr=False)
 
     @property
     def n(self) -> int:
@@ -95,21 +167,18 @@ class CityData:
             out[r].append(k)
         return out
 
-    def pixels(self, kind: str, size: int, show_progress: bool | None = None) -> torch.Tensor:
-        """All images of a kind as uint8 (n, 3, size, size), each checked against its sha256."""
+    def pixels(self, kind: str, size: int, show_progress: bool | None = None) -> Pixels:
+        """The images of a kind as uint8 (n, 3, size, size) batches (see :class:`Pixels`),
+        each checked against its sha256."""
         key = (kind, size)
         if key not in self._pixels:
-            imgs = self.images[kind]
-            out = torch.empty((len(imgs.paths), 3, size, size), dtype=torch.uint8)
-            items = list(zip(imgs.paths, imgs.sha256, strict=True))
-            for k, (path, sha) in enumerate(
-                progress(items, desc=f"load {kind} images", enabled=show_progress, unit="img")
-            ):
-                img = open_checked(self.city.source_path, path, sha)
-                if img.size != (size, size):
-                    img = img.resize((size, size))
-                out[k] = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-            self._pixels[key] = out
+            self._pixels[key] = Pixels(
+                self.city.source_path,
+                self.images[kind],
+                size,
+                f"load {kind} images",
+                show_progress,
+            )
         return self._pixels[key]
 
 
@@ -283,13 +352,17 @@ def region_means(values: np.ndarray, region: np.ndarray, n: int) -> tuple[np.nda
 
 @torch.no_grad()
 def encode_images(
-    encoder: torch.nn.Module, pixels: torch.Tensor, batch_size: int = 256
+    encoder: torch.nn.Module,
+    pixels: torch.Tensor | Pixels,
+    batch_size: int = 256,
+    show_progress: bool | None = False,
 ) -> np.ndarray:
     """Run an image encoder (eval mode) over uint8 images in batches."""
     encoder.eval()
+    starts = range(0, len(pixels), batch_size)
     outs = [
         encoder(pixels[i : i + batch_size].float() / 255.0)
-        for i in range(0, len(pixels), batch_size)
+        for i in progress(starts, desc="encode images", enabled=show_progress, unit="batch")
     ]
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0), dtype=np.float32)
 
@@ -346,8 +419,7 @@ class RegionEmbeddings:
 
     def attention(self) -> list[dict[str, Any] | None]:
         return [
-            {m: float(a) for m, a in zip(self.branches, row, strict=True)}
-            for row in self.alpha
+            {m: float(a) for m, a in zip(self.branches, row, strict=True)} for row in self.alpha
         ]
 
     def only(self, keep: np.ndarray) -> RegionEmbeddings:
@@ -370,7 +442,10 @@ def visual_means(
         if not len(pix):
             out[kind] = (np.zeros((data.n, net.dim), np.float32), np.zeros(data.n, bool))
             continue
-        emb = encode_images(net.encoders[kind], pix)
+        # decoded batch by batch when the images do not fit in the cache: show progress
+        emb = encode_images(
+            net.encoders[kind], pix, show_progress=False if pix.cached else show_progress
+        )
         out[kind] = region_means(emb, data.images[kind].region, data.n)
     return out
 

@@ -29,6 +29,7 @@ import torch
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
+from torch import nn
 
 import musecl_store
 from musecl_store import faults
@@ -36,6 +37,7 @@ from musecl_store.bundle import digest
 from musecl_store.db import session_factory, transaction
 from musecl_store.embed import (
     CityData,
+    Pixels,
     RegionEmbeddings,
     RegionInputs,
     count_inputs,
@@ -46,7 +48,7 @@ from musecl_store.embed import (
     write_region_embeddings,
 )
 from musecl_store.errors import MuseclError
-from musecl_store.nn.fusion import VISUAL
+from musecl_store.nn.fusion import VISUAL, AttentiveFusion, ModalityFusion
 from musecl_store.nn.model import MuseclNet
 from musecl_store.nn.resnet import ImageEncoder, load_backbone
 from musecl_store.nn.text import TextEncoder
@@ -54,6 +56,7 @@ from musecl_store.progress import progress
 from musecl_store.tables import City, ModelVersion, Region, Revision, TextEmbedding
 from training import similarity
 from training.config import TrainConfig
+from training.distributed import Parallel
 from training.losses import info_nce, pair_info_nce, triplet_loss
 from training.sampler import TripletSampler
 
@@ -261,19 +264,61 @@ class Checkpoint:
         tmp.replace(self.path)
 
 
-def _augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
+def _augment(
+    x: torch.Tensor, kind: str, gen: torch.Generator, rows: tuple[int, int, int] | None = None
+) -> torch.Tensor:
     """Random 90-degree rotations for remote tiles, horizontal flips for street views.
 
     The draws come from the CPU generator ``gen`` whatever ``x``'s device, so they do not
-    depend on it.
+    depend on it. ``rows`` = (lo, hi, total): ``x`` is rows lo..hi of a global batch of
+    ``total`` images (one rank's slice); the draws are those of the whole batch, so the
+    slices of all ranks get the draws one process would.
     """
+    lo, hi, total = rows or (0, x.shape[0], x.shape[0])
     if kind == "remote":
-        k = torch.randint(0, 4, (x.shape[0],), generator=gen)
+        k = torch.randint(0, 4, (total,), generator=gen)[lo:hi]
+        if not len(x):
+            return x
         return torch.stack(
             [torch.rot90(img, int(r), dims=(1, 2)) for img, r in zip(x, k, strict=True)]
         )
-    flip = torch.rand(x.shape[0], generator=gen) < 0.5
+    flip = (torch.rand(total, generator=gen) < 0.5)[lo:hi]
     return torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
+
+
+class _VisualStep(nn.Module):
+    """The visual-fusion stage's forward in one call: fused image vector and projected text
+    (DistributedDataParallel averages the gradients of what its forward uses)."""
+
+    def __init__(self, fusion: AttentiveFusion):
+        super().__init__()
+        self.fusion = fusion
+
+    def forward(
+        self, emb: torch.Tensor, mask: torch.Tensor, text: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        fused, _ = self.fusion(emb, mask)
+        return fused, self.fusion.text(text)
+
+
+class _PairStep(nn.Module):
+    """The all-branch fusion stage's forward in one call: the fused vectors of the anchors
+    and of their positives."""
+
+    def __init__(self, fusion: ModalityFusion):
+        super().__init__()
+        self.fusion = fusion
+
+    def forward(
+        self,
+        xa: list[torch.Tensor],
+        ma: torch.Tensor,
+        xb: list[torch.Tensor],
+        mb: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        fa, _ = self.fusion(xa, ma)
+        fb, _ = self.fusion(xb, mb)
+        return fa, fb
 
 
 class Trainer:
@@ -294,10 +339,14 @@ class Trainer:
         device: str = "cpu",
         show_progress: bool | None = None,
         log: Callable[[str], None] = print,
+        parallel: Parallel | None = None,
     ):
         self.t0 = time.perf_counter()
+        self.par = parallel or Parallel()
+        if not self.par.leader:  # rank 0 speaks for the run
+            log, show_progress = (lambda msg: None), False
         self.config, self.log, self.show = config, log, show_progress
-        self.device = resolve_device(device)
+        self.device = self.par.device(resolve_device(device))
         self.data = load_city_data(session, city)
         self.has_image = check_city(self.data, config)
         content = city_content(session, self.data)
@@ -409,7 +458,8 @@ class Trainer:
             "bad_epochs": bad,
             "history": self.history,
         }
-        self.ckpt.save(self.state)
+        if self.par.leader:
+            self.ckpt.save(self.state)
         faults.point("train:epoch")
         return bad >= patience
 
@@ -428,7 +478,8 @@ class Trainer:
             "bad_epochs": 0,
             "history": self.history,
         }
-        self.ckpt.save(self.state)
+        if self.par.leader:
+            self.ckpt.save(self.state)
 
     def train_images(self, kind: str) -> None:
         cfg, data = self.config, self.data
@@ -460,6 +511,9 @@ class Trainer:
         if self.state and self.state["stage"] == kind and self.state["opt"]:
             opt.load_state_dict(self.state["opt"])
         s = STAGES.index(kind)
+        # Data-parallel: each rank encodes its slice of every batch (config.batch_size is the
+        # global batch); the loss sees the whole batch; DDP averages the gradients.
+        model = self.par.wrap(encoder, self.device)
         for epoch in range(self._start_epoch(kind), cfg.epochs):
             t0 = time.perf_counter()
             rng = np.random.default_rng([cfg.seed, s, epoch])
@@ -477,10 +531,13 @@ class Trainer:
                 chunk = torch.from_numpy(items[b : b + cfg.batch_size])
                 if len(chunk) < 2:
                     continue  # in-batch negatives need a batch
-                x = _augment(self._dev(pix[chunk.reshape(-1)]).float() / 255.0, kind, gen)
-                with self._autocast():
-                    out = encoder(x)
-                out = out.float().view(len(chunk), chunk.shape[1], -1)
+                mine, cols = self.par.shard(chunk), chunk.shape[1]
+                lo, hi = self.par.bounds(len(chunk))
+                x = self._dev(pix[mine.reshape(-1)]).float() / 255.0
+                x = _augment(x, kind, gen, (lo * cols, hi * cols, len(chunk) * cols))
+                with self.par.global_batch_norm(encoder), self._autocast():
+                    out = model(x)
+                out = self.par.gather(out.float().view(len(mine), cols, -1), len(chunk))
                 loss = self._sample_loss(out, sampler, regions[b : b + cfg.batch_size])
                 opt.zero_grad()
                 loss.backward()
@@ -531,7 +588,7 @@ class Trainer:
     def _val_loss(
         self,
         encoder: torch.nn.Module,
-        pix: torch.Tensor,
+        pix: Pixels,
         sampler: TripletSampler,
         items: np.ndarray,
         regions: np.ndarray,
@@ -544,11 +601,12 @@ class Trainer:
             chunk = torch.from_numpy(items[b : b + size])
             if len(chunk) < 2:
                 continue
+            mine = self.par.shard(chunk)
             with self._autocast():
-                out = encoder(self._dev(pix[chunk.reshape(-1)]).float() / 255.0)
-            out = out.float().view(len(chunk), chunk.shape[1], -1)
+                out = encoder(self._dev(pix[mine.reshape(-1)]).float() / 255.0)
+            out = self.par.gather(out.float().view(len(mine), chunk.shape[1], -1), len(chunk))
             losses.append(float(self._sample_loss(out, sampler, regions[b : b + size])))
-        return float(np.mean(losses))
+        return self.par.agree(float(np.mean(losses)))
 
     def train_fusion(
         self, visual: dict[str, tuple[np.ndarray, np.ndarray]], text: tuple[np.ndarray, np.ndarray]
@@ -574,6 +632,8 @@ class Trainer:
         if self.state and self.state["stage"] == "fusion" and self.state["opt"]:
             opt.load_state_dict(self.state["opt"])
 
+        step = self.par.wrap(_VisualStep(fusion), self.device)
+
         def loss_on(idx: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
             m = mask_t[idx]
             if gen is not None and cfg.modality_dropout > 0:  # hide one of two modalities
@@ -582,10 +642,13 @@ class Trainer:
                 which = torch.randint(0, m.shape[1], (len(idx),), generator=gen)
                 m = m.clone()
                 m[hide, which[hide]] = False
+            mine, n = self.par.shard(idx), len(idx)
             with self._autocast():
-                fused, _ = fusion(self._dev(emb[idx]), self._dev(m))
-                text_d = fusion.text(self._dev(text_t[idx]))
-            return info_nce(fused.float(), text_d.float(), cfg.temperature)
+                fused, text_d = step(
+                    self._dev(emb[mine]), self._dev(self.par.shard(m)), self._dev(text_t[mine])
+                )
+            fused, text_d = self.par.gather(fused.float(), n), self.par.gather(text_d.float(), n)
+            return info_nce(fused, text_d, cfg.temperature)
 
         s = STAGES.index("fusion")
         for epoch in range(self._start_epoch("fusion"), cfg.fusion_epochs):
@@ -605,6 +668,7 @@ class Trainer:
             fusion.eval()
             with torch.no_grad():
                 val_loss = float(loss_on(val)) if len(val) >= 2 else float(np.mean(losses))
+            val_loss = self.par.agree(val_loss)
             self.history["fusion"].append(
                 {
                     "epoch": epoch + 1,
@@ -650,12 +714,16 @@ class Trainer:
             k = (rng.random(valid.shape) * valid).argmax(axis=1)  # a random valid column
             return nb[rows, k]
 
+        step = self.par.wrap(_PairStep(fusion), self.device)
+
         def loss_on(a: np.ndarray, b: np.ndarray) -> torch.Tensor:
-            ia, ib = self._dev(torch.from_numpy(a)), self._dev(torch.from_numpy(b))
+            n = len(a)
+            ia = self._dev(torch.from_numpy(self.par.shard(a)))
+            ib = self._dev(torch.from_numpy(self.par.shard(b)))
             with self._autocast():
-                fa, _ = fusion([x[ia] for x in xs], mask[ia])
-                fb, _ = fusion([x[ib] for x in xs], mask[ib])
-            return info_nce(fa.float(), fb.float(), cfg.fused_temperature)
+                fa, fb = step([x[ia] for x in xs], mask[ia], [x[ib] for x in xs], mask[ib])
+            fa, fb = self.par.gather(fa.float(), n), self.par.gather(fb.float(), n)
+            return info_nce(fa, fb, cfg.fused_temperature)
 
         val_pos = pick(val, np.random.default_rng([cfg.seed, 98, 0]))
         opt = torch.optim.Adam(
@@ -687,7 +755,7 @@ class Trainer:
                     for b in range(0, len(val), bs)
                     if len(val[b : b + bs]) >= 2
                 ]
-            val_loss = float(np.mean(parts)) if parts else train_loss
+            val_loss = self.par.agree(float(np.mean(parts)) if parts else train_loss)
             self.history["fused"].append(
                 {"epoch": epoch + 1, "train": round(train_loss, 5), "val": round(val_loss, 5)}
             )
@@ -700,8 +768,9 @@ class Trainer:
                 break
         self._finish_stage("fused", fusion)
 
-    def fit(self) -> Fitted:
-        """Train (resume, or reuse a finished run) and embed every region; no database access."""
+    def fit(self) -> Fitted | None:
+        """Train (resume, or reuse a finished run) and embed every region; no database access.
+        In a data-parallel run, only rank 0 embeds and saves the model (the others: None)."""
         cfg = self.config
         self.net.to(self.device)
         for kind in VISUAL:
@@ -716,6 +785,8 @@ class Trainer:
         self.train_fusion(visual, self.text)
         self.train_fused(inputs)
         self.net.cpu()
+        if not self.par.leader:
+            return None
         result = embed_regions(inputs, self.net, learn_imputation=True)
         checkpoint = self.net.save(
             self.run_dir / "model.pt",
@@ -828,22 +899,43 @@ def train_city(
     The store is read in one short session and written in one short transaction; training in
     between holds no connection. ``device`` is ``cpu`` (default: reproducible), ``cuda`` or
     ``auto``; it does not change the run id, so a run may resume on another device.
+
+    Under torchrun (``WORLD_SIZE`` > 1 in the environment) this process is one rank of a
+    data-parallel run (:mod:`training.distributed`): ``config.batch_size`` and the other
+    batch sizes are global; rank 0 writes the model version once every rank has finished,
+    and every rank returns it.
     """
-    with _read_session(engine) as session:
-        trainer = Trainer(
-            session,
-            city,
-            config,
-            resume=resume,
-            device=device,
-            show_progress=show_progress,
-            log=log,
-        )
-    faults.point("train:read")
-    fitted = trainer.fit()
-    faults.point("train:fitted")
-    with transaction(engine, write=True) as session:
-        out = trainer.write(session, fitted)
-        faults.point("train:written")
-    faults.point("train:committed")
-    return out
+    parallel = Parallel.from_env(resolve_device(device))
+    try:
+        with _read_session(engine) as session:
+            trainer = Trainer(
+                session,
+                city,
+                config,
+                resume=resume,
+                device=device,
+                show_progress=show_progress,
+                log=log,
+                parallel=parallel,
+            )
+        faults.point("train:read")
+        fitted = trainer.fit()
+        faults.point("train:fitted")
+        # Every rank has finished: one that died fails the others here, before any write.
+        parallel.barrier()
+        if fitted is None:  # not rank 0: its result, or its failure
+            shared = parallel.share(None)
+            if isinstance(shared, TrainResult):
+                return shared
+            raise TrainingError(f"rank 0 could not write the model version: {shared}")
+        try:
+            with transaction(engine, write=True) as session:
+                out = trainer.write(session, fitted)
+                faults.point("train:written")
+            faults.point("train:committed")
+        except BaseException as exc:
+            parallel.share(str(exc) or type(exc).__name__)
+            raise
+        return parallel.share(out)
+    finally:
+        parallel.close()
