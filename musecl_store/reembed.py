@@ -275,8 +275,19 @@ def reembed(
     return ReembedResult(city, mv, rev.id, ids, recomputed, old_fused)
 
 
+def _region_ids(session: Session, pks: Any) -> dict[int, str]:
+    """Region id of each region pk, read in chunks (only the regions asked for)."""
+    wanted = sorted({int(p) for p in pks})
+    out: dict[int, str] = {}
+    for a in range(0, len(wanted), 5000):
+        chunk = wanted[a : a + 5000]
+        rows = session.execute(select(Region.id, Region.region_id).where(Region.id.in_(chunk)))
+        out.update(rows.tuples().all())
+    return out
+
+
 def neighbours(
-    index: Any, vectors: dict[str, np.ndarray], k: int = 10, pk_to_id: dict[int, str] | None = None
+    session: Session, index: Any, vectors: dict[str, np.ndarray], k: int = 10
 ) -> dict[str, list[str]]:
     """Top-k neighbours (region ids, the region itself left out) of some vectors, searched in
     ``index`` exactly as it stands (no catch-up: this is how it was before a change)."""
@@ -285,11 +296,10 @@ def neighbours(
     names = list(vectors)
     q = np.stack([vectors[n] for n in names]).astype(np.float32)
     _, ids = index.search_snapshot(q, k + 1)
+    pk_to_id = _region_ids(session, ids[ids >= 0])
     out = {}
     for name, row in zip(names, ids, strict=True):
-        found = [
-            pk_to_id.get(int(i), str(int(i))) if pk_to_id else str(int(i)) for i in row if i >= 0
-        ]
+        found = [pk_to_id.get(int(i), str(int(i))) for i in row if i >= 0]
         out[name] = [f for f in found if f != name][:k]
     return out
 
@@ -339,7 +349,6 @@ def reembed_and_report(
     FAISS index in place and build the drift report. A crash before the commit leaves the old
     embeddings; a crash after it leaves an index that the next open catches up."""
     from musecl_store.db import transaction
-    from musecl_store.embeddings import load_embeddings
     from musecl_store.index import RegionIndex
     from musecl_store.summary import get_city
 
@@ -355,17 +364,31 @@ def reembed_and_report(
             all_regions=all_regions,
             show_progress=show_progress,
         )
-        pk_to_id = dict(session.execute(select(Region.id, Region.region_id)).all())
-        before = neighbours(index, result.old_fused, pk_to_id=pk_to_id)
+        before = neighbours(session, index, result.old_fused)
     faults.point("reembed:committed")
     report: list[dict[str, Any]] = []
     if result.revision is not None:
         with transaction(engine) as session:
             index.refresh(session)  # remove and re-add the changed ids, restamp
             faults.point("reembed:index_updated")
-            ids, mat = load_embeddings(session, mv, "fused", get_city(session, city).id)
-            wanted = set(result.regions)
-            new = {r: v for r, v in zip(ids, mat, strict=True) if r in wanted}
-            after = neighbours(index, new, pk_to_id=pk_to_id)
+            # the re-embedded regions' new vectors, as indexed (unit length: the drift is a
+            # cosine), not the whole city's
+            city_id = get_city(session, city).id
+            pks: dict[str, int] = {}
+            for a in range(0, len(result.regions), 5000):
+                chunk = result.regions[a : a + 5000]
+                pks.update(
+                    session.execute(
+                        select(Region.region_id, Region.id).where(
+                            Region.city_id == city_id, Region.region_id.in_(chunk)
+                        )
+                    )
+                    .tuples()
+                    .all()
+                )
+            listed = [r for r in result.regions if r in pks]
+            mat = index.vectors(np.array([pks[r] for r in listed], dtype=np.int64))
+            new = dict(zip(listed, mat, strict=True))
+            after = neighbours(session, index, new)
         report = drift_report(result.old_fused, new, before, after)
     return {**result.to_dict(), "index": index.status(), "drift": report}
