@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -28,7 +28,7 @@ from shapely.geometry import MultiPolygon
 from musecl_store import geo
 from musecl_store.errors import BundleError, BundleNotFoundError
 from musecl_store.progress import progress
-from musecl_store.report import Report
+from musecl_store.report import MAX_LISTED, Report
 
 CITY = "city.json"
 REGIONS = "regions.geojson"
@@ -50,11 +50,7 @@ _WRONG_CRS_SHARE = 0.5  # more than this share of a file's points off the globe:
 
 def digest(*parts: Any) -> str:
     """A short, stable content hash of some values (hex, 32 chars)."""
-    h = hashlib.blake2b(digest_size=16)
-    for p in parts:
-        h.update(repr(p).encode())
-        h.update(b"\x1f")
-    return h.hexdigest()
+    return digest_bytes(*parts).hex()
 
 
 @dataclass(frozen=True)
@@ -67,9 +63,15 @@ class CitySpec:
 
 @dataclass
 class RegionRecord:
+    """A region; its geometry is kept as WKB (a few times smaller than a shapely object)."""
+
     region_id: str
-    geom: MultiPolygon
+    wkb: bytes
     h3_cell: str | None = None
+
+    @property
+    def geom(self) -> MultiPolygon:
+        return shapely.from_wkb(self.wkb)
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,94 @@ class PoiRecord:
     @property
     def content_hash(self) -> str:
         return digest(self.poi_id, self.lon, self.lat, self.name, self.category, self.text)
+
+
+_SEP = "\x00"  # joins a POI's text fields in PoiTable: no stored text holds a NUL
+
+
+class PoiTable:
+    """The POIs of a bundle, column by column: numbers in arrays, the text fields of each
+    chunk of rows in one UTF-8 blob, and each POI's content hash as 16 raw bytes. A list of
+    :class:`PoiRecord` costs ~0.5 KB a POI; this, about the size of the text.
+
+    Iterating yields :class:`PoiRecord` (made on the fly), in the order of the file."""
+
+    def __init__(self) -> None:
+        self._line: list[np.ndarray] = []
+        self._lon: list[np.ndarray] = []
+        self._lat: list[np.ndarray] = []
+        self._region: list[np.ndarray] = []
+        self._hash: list[np.ndarray] = []
+        self._text: list[bytes] = []
+
+    def append(
+        self,
+        rows: list[tuple[int, str, str, str, str]],
+        lon: np.ndarray,
+        lat: np.ndarray,
+        region: np.ndarray,
+    ) -> None:
+        """Add a chunk: rows of (line, poi_id, name, category, text) with their lon, lat and
+        region index; rows whose region is negative are left out."""
+        keep = np.flatnonzero(region >= 0)
+        if keep.size == 0:
+            return
+        lon, lat = lon[keep].astype(float), lat[keep].astype(float)
+        kept = [rows[i] for i in keep.tolist()]
+        hashes = np.empty((len(kept), 16), dtype=np.uint8)
+        for j, ((_, pid, name, cat, text), x, y) in enumerate(
+            zip(kept, lon.tolist(), lat.tolist(), strict=True)
+        ):
+            hashes[j] = np.frombuffer(digest_bytes(pid, x, y, name, cat, text), np.uint8)
+        self._line.append(np.array([r[0] for r in kept], dtype=np.int64))
+        self._lon.append(lon)
+        self._lat.append(lat)
+        self._region.append(region[keep].astype(np.int64))
+        self._hash.append(hashes)
+        self._text.append(_SEP.join(f for r in kept for f in r[1:]).encode("utf-8"))
+
+    def __len__(self) -> int:
+        return sum(len(a) for a in self._line)
+
+    def with_hashes(self) -> Iterator[tuple[PoiRecord, bytes]]:
+        """Each POI (made on the fly) and its content hash as 16 raw bytes."""
+        for k, blob in enumerate(self._text):
+            fields = blob.decode("utf-8").split(_SEP)
+            lines, regions = self._line[k].tolist(), self._region[k].tolist()
+            lons, lats = self._lon[k].tolist(), self._lat[k].tolist()
+            hashes = self._hash[k].tobytes()
+            for j, line in enumerate(lines):
+                pid, name, cat, text = fields[4 * j : 4 * j + 4]
+                record = PoiRecord(line, pid, lons[j], lats[j], name, cat, text, regions[j])
+                yield record, hashes[16 * j : 16 * j + 16]
+
+    def __iter__(self) -> Iterator[PoiRecord]:
+        for record, _ in self.with_hashes():
+            yield record
+
+    @property
+    def region(self) -> np.ndarray:
+        """The region index of every POI."""
+        return _concat(self._region, np.int64)
+
+    @property
+    def hashes(self) -> np.ndarray:
+        """The content hash of every POI, (n, 16) raw bytes (``PoiRecord.content_hash`` is
+        their hex)."""
+        return np.concatenate(self._hash) if self._hash else np.empty((0, 16), np.uint8)
+
+
+def _concat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.empty(0, dtype)
+
+
+def digest_bytes(*parts: Any) -> bytes:
+    """:func:`digest` as raw bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    for p in parts:
+        h.update(repr(p).encode())
+        h.update(b"\x1f")
+    return h.digest()
 
 
 @dataclass(frozen=True)
@@ -109,12 +199,52 @@ class ImageRecord:
 
 @dataclass
 class Mobility:
-    """Trips aggregated to regions: in/out counts and the sparse O/D matrix."""
+    """Trips aggregated to regions: in/out counts and the sparse O/D matrix, as sorted
+    unique keys ``origin * n + destination`` (``od_keys``) and their trip counts."""
 
     inflow: np.ndarray
     outflow: np.ndarray
-    od: dict[tuple[int, int], int]
+    od_keys: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    od_counts: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     rows: int = 0
+
+    @property
+    def od(self) -> dict[tuple[int, int], int]:
+        """The O/D matrix as {(origin, destination): trips} (made on each call)."""
+        n = len(self.inflow)
+        return {
+            divmod(k, n): c
+            for k, c in zip(self.od_keys.tolist(), self.od_counts.tolist(), strict=True)
+        }
+
+    def od_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Origins, destinations and trip counts, sorted by origin then destination."""
+        n = max(len(self.inflow), 1)
+        return self.od_keys // n, self.od_keys % n, self.od_counts
+
+
+class Indicators(Mapping[int, dict[str, float]]):
+    """Indicator values per region index, as a dense array (NaN = unknown): a mapping of the
+    regions that have at least one value to {name: value} in column order."""
+
+    def __init__(self, names: list[str], table: np.ndarray):
+        self.names, self.table = names, table  # table: (regions, names)
+        self._has = np.flatnonzero(~np.isnan(table).all(axis=1)) if table.size else np.empty(0, int)
+
+    def __getitem__(self, i: int) -> dict[str, float]:
+        if not isinstance(i, (int, np.integer)) or not 0 <= i < len(self.table):
+            raise KeyError(i)
+        row = self.table[i].tolist()
+        out = {n: v for n, v in zip(self.names, row, strict=True) if v == v}  # v != NaN
+        if not out:
+            raise KeyError(i)
+        return out
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._has.tolist())
+
+    def __len__(self) -> int:
+        return len(self._has)
 
 
 @dataclass
@@ -132,10 +262,10 @@ class Bundle:
     root: Path
     city: CitySpec
     regions: list[RegionRecord]
-    pois: list[PoiRecord]
+    pois: PoiTable
     images: list[ImageRecord]
     mobility: Mobility
-    indicators: dict[int, dict[str, float]]
+    indicators: Indicators
     census: list[CensusLayerRecord]
     report: Report
     files: dict[str, bool] = field(default_factory=dict)
@@ -273,6 +403,110 @@ def _features(root: Path, name: str, crs: CRS) -> list[Any]:
     if not isinstance(feats, list):
         raise BundleError('"features" must be a list', file=name)
     return feats
+
+
+class _NotStreamable(Exception):
+    """A GeoJSON file that is not a plain FeatureCollection to read front to back (or that
+    is broken): it is read whole instead, which also gives the exact error."""
+
+
+_JSON_WS = re.compile(r"[ \t\n\r]*")
+_READ = 1 << 20
+
+
+class _JsonStream:
+    """JSON values read one at a time from a text file, a piece of the file in memory."""
+
+    def __init__(self, f: Any):
+        self.f, self.buf, self.pos = f, "", 0
+        self.decoder = json.JSONDecoder(parse_constant=_json_constant, parse_float=_json_float)
+
+    def _fill(self) -> bool:
+        """Read more of the file (as much again as is held, so that a long value costs
+        linear time); False at the end of the file."""
+        chunk = self.f.read(max(_READ, len(self.buf) - self.pos))
+        if not chunk:
+            return False
+        self.buf, self.pos = self.buf[self.pos :] + chunk, 0
+        return True
+
+    def peek(self) -> str:
+        """The next character that is not white space ("" at the end of the file)."""
+        while True:
+            self.pos = _JSON_WS.match(self.buf, self.pos).end()  # type: ignore[union-attr]
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self._fill():
+                return ""
+
+    def take(self, chars: str) -> str:
+        """The next character, which must be one of ``chars``."""
+        c = self.peek()
+        if not c or c not in chars:
+            raise _NotStreamable
+        self.pos += 1
+        return c
+
+    def value(self) -> Any:
+        self.peek()
+        while True:
+            try:
+                v, end = self.decoder.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError:
+                if self._fill():
+                    continue  # cut off by the end of the piece
+                raise
+            if end >= len(self.buf) and self._fill():
+                continue  # a number may go on in the next piece
+            self.pos = end
+            return v
+
+
+def _stream_features(root: Path, name: str, crs: CRS) -> Iterator[Any]:
+    """The features of a GeoJSON FeatureCollection, one at a time, without holding the
+    whole document; raises :class:`_NotStreamable` for anything but a well-formed
+    ``{..., "type": "FeatureCollection", ..., "features": [...], ...}`` whose "type" (and
+    "crs") come before its features."""
+    try:
+        f = _inside(root, name).open(encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise _NotStreamable from exc
+    with f:
+        s = _JsonStream(f)
+        try:
+            yield from _stream_collection(s, name, crs)
+        except (ValueError, RecursionError, _JsonValueError) as exc:
+            raise _NotStreamable from exc
+
+
+def _stream_collection(s: _JsonStream, name: str, crs: CRS) -> Iterator[Any]:
+    s.take("{")
+    head: dict[str, Any] = {}
+    done = False
+    while True:
+        key = s.value()
+        if not isinstance(key, str) or (done and key in ("type", "crs", "features")):
+            raise _NotStreamable
+        s.take(":")
+        if key == "features":
+            if head.get("type") != "FeatureCollection" or s.peek() != "[":
+                raise _NotStreamable
+            _check_geojson_crs(head, name, crs)
+            s.take("[")
+            if s.peek() == "]":
+                s.take("]")
+            else:
+                while True:
+                    yield s.value()
+                    if s.take(",]") == "]":
+                        break
+            done = True
+        else:
+            head[key] = s.value()
+        if s.take(",}") == "}":
+            break
+    if not done or s.peek():
+        raise _NotStreamable
 
 
 def _check_lonlat(g: Any, name: str, crs: CRS, raw: Any, line: int | None = None) -> None:
@@ -565,7 +799,7 @@ def read_regions(root: Path, city: CitySpec, report: Report) -> tuple[list[Regio
     regions = []
     for c in cells:
         try:
-            regions.append(RegionRecord(c, geo.cell_shape(c), c))
+            regions.append(RegionRecord(c, geo.cell_shape(c).wkb, c))
         except ValueError as exc:
             raise BundleError(f"{exc}; leave the pole out of the boundary", file=BOUNDARY) from exc
     return regions, True
@@ -582,8 +816,25 @@ def _fix(g: Any, name: str, line: int) -> tuple[MultiPolygon, str | None]:
 def _read_region_polygons(
     root: Path, crs: CRS, rp: geo.Reprojector, report: Report
 ) -> list[RegionRecord]:
-    feats = _features(root, REGIONS, crs)
+    """Streams regions.geojson feature by feature: the parsed document of a million regions
+    would take GiBs. A file that cannot be streamed (an odd layout, broken JSON) is read
+    whole, which gives the same regions or the same error."""
+    try:
+        found = Report()
+        regions = _region_polygons(_stream_features(root, REGIONS, crs), crs, rp, found)
+    except _NotStreamable:
+        found = Report()
+        regions = _region_polygons(iter(_features(root, REGIONS, crs)), crs, rp, found)
+    report.counts.update(found.counts)
+    report.listed.extend(found.listed[: max(MAX_LISTED - len(report.listed), 0)])
+    return regions
+
+
+def _region_polygons(
+    feats: Iterator[Any], crs: CRS, rp: geo.Reprojector, report: Report
+) -> list[RegionRecord]:
     regions: list[RegionRecord] = []
+    geoms: list[MultiPolygon] = []
     first_seen: dict[str, int] = {}
     for no, feat in enumerate(feats, start=1):
         if not isinstance(feat, dict) or feat.get("type") != "Feature":
@@ -663,11 +914,12 @@ def _read_region_polygons(
                 f"region {rid!r} was invalid ({why}); repaired with make_valid",
                 kind="invalid polygon repaired",
             )
-        regions.append(RegionRecord(rid, fixed, None))
+        regions.append(RegionRecord(rid, fixed.wkb, None))
+        geoms.append(fixed)
     if not regions:
         raise BundleError("holds no region", file=REGIONS)
     try:
-        bad = geo.overlaps([r.geom for r in regions])
+        bad = geo.overlaps(geoms)
     except shapely.errors.GEOSException as exc:
         raise BundleError(f"cannot compare the regions' shapes ({exc})", file=REGIONS) from exc
     if bad:
@@ -685,14 +937,21 @@ def _read_region_polygons(
 
 def read_pois(
     root: Path, crs: CRS, locator: geo.RegionLocator, report: Report, show: bool | None
-) -> list[PoiRecord]:
+) -> PoiTable:
     if not _is_file(root / POIS):
         raise BundleNotFoundError(f"required file {POIS} is missing from {root}", file=POIS)
     reader = _CsvReader(root, POIS, ["poi_id", "lon", "lat", "name", "category"], report)
     limits = {"poi_id": MAX_NAME, "category": MAX_NAME, "name": None, "text": None}
     batch = _PointBatch(POIS, crs, geo.Reprojector(crs))
     rows: list[tuple[int, str, str, str, str]] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, int] = {}  # poi_id -> first line: the one thing here that grows
+    out = PoiTable()
+
+    def flush() -> None:
+        lon, lat, region = batch.resolve(locator, report, "poi")
+        out.append(rows, lon, lat, region)
+        rows.clear()
+
     for line, row in progress(reader, desc="pois", enabled=show, unit="row"):
         poi_id, category = row["poi_id"].strip(), row["category"].strip()
         if not poi_id:
@@ -721,13 +980,11 @@ def read_pois(
         seen[poi_id] = line
         batch.add(line, x, y)
         rows.append((line, poi_id, row["name"], category, row.get("text", "")))
-    lon, lat, region = batch.resolve(locator, report, "poi")
+        if len(rows) >= _CHUNK:
+            flush()
+    flush()
     batch.check_crs()
-    return [
-        PoiRecord(line, pid, float(lon[i]), float(lat[i]), name, cat, text, int(region[i]))
-        for i, (line, pid, name, cat, text) in enumerate(rows)
-        if region[i] >= 0
-    ]
+    return out
 
 
 def read_trips(
@@ -738,7 +995,7 @@ def read_trips(
     report: Report,
     show: bool | None,
 ) -> Mobility:
-    mob = Mobility(np.zeros(n_regions, np.int64), np.zeros(n_regions, np.int64), {})
+    mob = Mobility(np.zeros(n_regions, np.int64), np.zeros(n_regions, np.int64))
     if not _is_file(root / TRIPS):
         return mob
     reader = _CsvReader(root, TRIPS, ["origin_lon", "origin_lat", "dest_lon", "dest_lat"], report)
@@ -751,10 +1008,11 @@ def read_trips(
         np.add.at(mob.outflow, o[o >= 0], 1)
         np.add.at(mob.inflow, d[d >= 0], 1)
         both = (o >= 0) & (d >= 0)
-        pairs, counts = np.unique(o[both] * n_regions + d[both], return_counts=True)
-        for key, c in zip(pairs.tolist(), counts.tolist(), strict=True):
-            k = divmod(key, n_regions)
-            mob.od[k] = mob.od.get(k, 0) + c
+        keys, counts = np.unique(o[both] * n_regions + d[both], return_counts=True)
+        keys, inverse = np.unique(np.concatenate([mob.od_keys, keys]), return_inverse=True)
+        total = np.zeros(len(keys), np.int64)
+        np.add.at(total, inverse, np.concatenate([mob.od_counts, counts]))
+        mob.od_keys, mob.od_counts = keys, total
 
     for line, row in progress(reader, desc="trips", enabled=show, unit="row"):
         try:
@@ -924,11 +1182,9 @@ def read_images(
     return out
 
 
-def read_indicators(
-    root: Path, index: dict[str, int], report: Report
-) -> dict[int, dict[str, float]]:
+def read_indicators(root: Path, index: dict[str, int], report: Report) -> Indicators:
     if not _is_file(root / INDICATORS):
-        return {}
+        return Indicators([], np.empty((len(index), 0)))
     reader = _CsvReader(root, INDICATORS, ["region_id"], report)
     names = [c for c in reader.columns if c != "region_id"]
     if not names:
@@ -942,8 +1198,8 @@ def read_indicators(
             file=INDICATORS,
             line=1,
         )
-    out: dict[int, dict[str, float]] = {}
-    seen: dict[str, int] = {}
+    values = np.full((len(index), len(names)), np.nan)
+    seen = np.zeros(len(index), np.int64)  # per region index: the line it was on, 0: not yet
     for line, row in reader:
         rid = row["region_id"].strip()
         if rid not in index:
@@ -954,27 +1210,25 @@ def read_indicators(
                 kind="unknown region_id",
             )
             continue
-        if rid in seen:
+        i = index[rid]
+        if seen[i]:
             report.skip(
                 INDICATORS,
                 line,
-                f"region_id {rid!r} appears twice (first on line {seen[rid]})",
+                f"region_id {rid!r} appears twice (first on line {seen[i]})",
                 kind="duplicate region_id",
             )
             continue
-        seen[rid] = line
-        values: dict[str, float] = {}
-        for n in names:
+        seen[i] = line
+        for k, n in enumerate(names):
             cell = row[n].strip()
             if not cell:
                 continue  # blank = unknown
             try:
-                values[n] = _float(cell, f"indicator {n!r} value")
+                values[i, k] = _float(cell, f"indicator {n!r} value")
             except ValueError as exc:
                 report.skip(INDICATORS, line, str(exc), kind="non-numeric indicator value")
-        if values:
-            out[index[rid]] = values
-    return out
+    return Indicators(names, values)
 
 
 def _numeric(v: Any) -> bool:
@@ -1083,9 +1337,10 @@ def read_bundle(path: str | Path, *, show_progress: bool | None = None) -> Bundl
     if not _is_file(root / POIS):  # check every required file before the slow work
         raise BundleNotFoundError(f"required file {POIS} is missing from {root}", file=POIS)
     regions, is_h3 = read_regions(root, city, report)
-    locator = geo.RegionLocator(
-        [r.geom for r in regions], [r.region_id for r in regions] if is_h3 else None
-    )
+    if is_h3:
+        locator = geo.RegionLocator([], [r.region_id for r in regions])
+    else:
+        locator = geo.RegionLocator(list(shapely.from_wkb([r.wkb for r in regions])))
     pois = read_pois(root, crs, locator, report, show_progress)
     mobility = read_trips(root, crs, locator, len(regions), report, show_progress)
     images = read_images(root, crs, locator, report, show_progress)

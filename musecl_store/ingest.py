@@ -7,17 +7,20 @@ writes rolls back with the caller's transaction.
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice, pairwise
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from musecl_store import faults, geo
-from musecl_store.bundle import Bundle, digest, read_bundle
+from musecl_store.bundle import Bundle, digest, digest_bytes, read_bundle
 from musecl_store.report import Report
 from musecl_store.tables import (
     Base,
@@ -85,42 +88,117 @@ class IngestSummary:
         }
 
 
-def region_hashes(bundle: Bundle) -> list[dict[str, str]]:
+MODALITIES = ("geometry", "poi", "remote", "street", "mobility", "indicators")
+
+
+class RegionHashes(Sequence[dict[str, str]]):
+    """Content hash per region and modality (the columns ``Region.hash_*``): item ``i`` is
+    region ``i``'s {modality: hex digest}. Held as 16 raw bytes a hash (~100 bytes a region
+    in all, where a dict of hex strings takes ~900)."""
+
+    def __init__(self, raw: dict[str, bytes]):
+        self.raw = raw
+
+    def __len__(self) -> int:
+        return len(self.raw["geometry"]) // 16
+
+    def hex(self, i: int, modality: str) -> str:
+        return self.raw[modality][16 * i : 16 * i + 16].hex()
+
+    def __getitem__(self, i: int) -> dict[str, str]:  # type: ignore[override]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        return {m: self.hex(i, m) for m in MODALITIES}
+
+
+def _set_hash(parts: Iterable[str]) -> bytes:
+    """:func:`_hash_set` as raw bytes."""
+    return bytes.fromhex(_hash_set(parts))
+
+
+def _grouped_hashes(n: int, region: np.ndarray, hashes: np.ndarray) -> bytes:
+    """Per region, the hash of the set of its rows' content hashes (``hashes``: (m, 16) raw
+    bytes, ``region``: each row's region), as :func:`_hash_set` of their hex would give."""
+    out = bytearray(bytes.fromhex(_EMPTY) * n)
+    if len(region) == 0:
+        return bytes(out)
+    hi = np.ascontiguousarray(hashes[:, :8]).view(">u8").ravel()
+    lo = np.ascontiguousarray(hashes[:, 8:]).view(">u8").ravel()
+    order = np.lexsort((lo, hi, region))  # by region, then by hash (= by hex)
+    region, hashes = region[order], hashes[order]
+    bounds = np.r_[np.flatnonzero(np.r_[True, region[1:] != region[:-1]]), len(region)]
+    for start, end in _pairs(bounds):
+        hexes = hashes[start:end].tobytes().hex()
+        data = "".join(f"'{hexes[k : k + 32]}'\x1f" for k in range(0, len(hexes), 32))
+        r = int(region[start])
+        out[16 * r : 16 * r + 16] = hashlib.blake2b(data.encode(), digest_size=16).digest()
+    return bytes(out)
+
+
+def region_hashes(bundle: Bundle) -> RegionHashes:
     """Content hash per region and modality (the columns ``Region.hash_*``)."""
     n = len(bundle.regions)
-    pois: list[list[str]] = [[] for _ in range(n)]
-    for p in bundle.pois:
-        pois[p.region].append(p.content_hash)
-    images: dict[str, list[list[str]]] = {
-        "remote": [[] for _ in range(n)],
-        "street": [[] for _ in range(n)],
-    }
-    for im in bundle.images:
-        images[im.kind][im.region].append(im.content_hash)
-    mob = bundle.mobility
-    od: list[list[str]] = [[] for _ in range(n)]
     ids = [r.region_id for r in bundle.regions]
-    for (o, d), c in mob.od.items():
-        entry = f"{ids[o]}>{ids[d]}:{c}"
-        od[o].append(entry)
-        if d != o:
-            od[d].append(entry)
-    out = []
-    for i, r in enumerate(bundle.regions):
-        ind = bundle.indicators.get(i, {})
-        out.append(
-            {
-                "geometry": digest(r.geom.wkb, r.h3_cell),
-                "poi": _hash_set(pois[i]),
-                "remote": _hash_set(images["remote"][i]),
-                "street": _hash_set(images["street"][i]),
-                "mobility": _hash_set(
-                    [f"in={int(mob.inflow[i])}", f"out={int(mob.outflow[i])}", *od[i]]
-                ),
-                "indicators": _hash_set(f"{k}={v!r}" for k, v in ind.items()),
-            }
-        )
-    return out
+    geometry = bytearray()
+    for r in bundle.regions:
+        geometry += digest_bytes(r.wkb, r.h3_cell)
+    raw: dict[str, bytes] = {
+        "geometry": bytes(geometry),
+        "poi": _grouped_hashes(n, bundle.pois.region, bundle.pois.hashes),
+    }
+    for kind in ("remote", "street"):
+        images: dict[int, list[str]] = defaultdict(list)
+        for im in bundle.images:
+            if im.kind == kind:
+                images[im.region].append(im.content_hash)
+        out = bytearray(bytes.fromhex(_EMPTY) * n)
+        for i, parts in images.items():
+            out[16 * i : 16 * i + 16] = _set_hash(parts)
+        raw[kind] = bytes(out)
+    mob = bundle.mobility
+    origin, dest, trips = mob.od_pairs()
+    # an O/D entry counts for its origin and, when another region, for its destination
+    other = np.flatnonzero(origin != dest)
+    at = np.concatenate([origin, dest[other]])
+    order = np.argsort(at, kind="stable")
+    entries, at = np.concatenate([np.arange(len(origin)), other])[order], at[order]
+    mobility, indicators = bytearray(), bytearray()
+    table, names = bundle.indicators.table, bundle.indicators.names
+    for a in range(0, n, _BLOCK):  # Python lists of a block of regions at a time
+        b = min(a + _BLOCK, n)
+        lo, hi = np.searchsorted(at, [a, b])
+        block_at, block = at[lo:hi].tolist(), entries[lo:hi]
+        o, d, c = origin[block].tolist(), dest[block].tolist(), trips[block].tolist()
+        inflow, outflow = mob.inflow[a:b].tolist(), mob.outflow[a:b].tolist()
+        k = 0
+        for i in range(a, b):
+            od: list[str] = []
+            while k < len(block_at) and block_at[k] == i:
+                od.append(f"{ids[o[k]]}>{ids[d[k]]}:{c[k]}")
+                k += 1
+            mobility += _set_hash([f"in={inflow[i - a]}", f"out={outflow[i - a]}", *od])
+        for row in table[a:b].tolist():
+            indicators += _set_hash(f"{k}={v!r}" for k, v in zip(names, row, strict=True) if v == v)
+    raw["mobility"], raw["indicators"] = bytes(mobility), bytes(indicators)
+    return RegionHashes(raw)
+
+
+_BLOCK = 10_000
+
+
+def _pairs(bounds: np.ndarray) -> Iterator[tuple[int, int]]:
+    """(start, end) of each group, from the groups' boundaries, a block at a time."""
+    for a in range(0, len(bounds) - 1, _BLOCK):
+        part = bounds[a : a + _BLOCK + 1].tolist()
+        yield from pairwise(part)
+
+
+def _indexes(mask: np.ndarray) -> Iterator[int]:
+    """The indexes where ``mask`` is true, as ints, made a block at a time."""
+    for a in range(0, len(mask), _BLOCK):
+        for i in np.flatnonzero(mask[a : a + _BLOCK]).tolist():
+            yield a + i
 
 
 def ingest_bundle(
@@ -135,52 +213,52 @@ def ingest_bundle(
 
 
 def write_bundle(session: Session, bundle: Bundle) -> IngestSummary:
-    """Write a read bundle into the store, touching only what changed."""
+    """Write a read bundle into the store, touching only what changed.
+
+    Rows are made and written a chunk at a time: what this holds per region is a few
+    numbers, never a row."""
     spec = bundle.city
     city = session.scalar(select(City).where(City.name == spec.name))
     hashes = region_hashes(bundle)
+    n = len(bundle.regions)
     new_ids = {r.region_id: i for i, r in enumerate(bundle.regions)}
 
-    old: dict[str, tuple[int, dict[str, str]]] = {}
+    old_pk = np.full(n, -1, np.int64)  # per bundle region: its row in the store, -1: none
+    changed = np.full(n, _ALL, np.uint8)  # per bundle region: bit k = MODALITIES[k] changed
+    removed: dict[str, int] = {}
     if city is not None:
-        for row in session.execute(
-            select(
-                Region.id,
-                Region.region_id,
-                Region.hash_geometry,
-                Region.hash_poi,
-                Region.hash_remote,
-                Region.hash_street,
-                Region.hash_mobility,
-                Region.hash_indicators,
-            ).where(Region.city_id == city.id)
-        ):
-            old[row.region_id] = (
-                row.id,
-                {
-                    "geometry": row.hash_geometry,
-                    "poi": row.hash_poi,
-                    "remote": row.hash_remote,
-                    "street": row.hash_street,
-                    "mobility": row.hash_mobility,
-                    "indicators": row.hash_indicators,
-                },
-            )
+        cols = [getattr(Region, f"hash_{m}") for m in MODALITIES]
+        stmt = select(Region.id, Region.region_id, *cols).where(Region.city_id == city.id)
+        for pk, rid, *old in session.execute(stmt.execution_options(yield_per=_IN_CHUNK)):
+            i = new_ids.get(rid)
+            if i is None:
+                removed[rid] = pk
+                continue
+            old_pk[i] = pk
+            changed[i] = sum(1 << k for k, m in enumerate(MODALITIES) if old[k] != hashes.hex(i, m))
 
     changes: list[dict[str, Any]] = []
-    changed_mods: dict[int, list[str]] = {}  # bundle region index -> changed modalities
-    for i, r in enumerate(bundle.regions):
-        if r.region_id not in old:
-            mods = [m for m, h in hashes[i].items() if h != _EMPTY or m == "geometry"]
-            changes.append({"region_id": r.region_id, "change": "added", "modalities": mods})
-            changed_mods[i] = list(hashes[i])
-            continue
-        mods = [m for m, h in hashes[i].items() if old[r.region_id][1][m] != h]
-        if mods:
-            changes.append({"region_id": r.region_id, "change": "updated", "modalities": mods})
-            changed_mods[i] = mods
-    removed = sorted(set(old) - set(new_ids))
-    changes.extend({"region_id": rid, "change": "removed", "modalities": []} for rid in removed)
+    # one (immutable) modality tuple per kind of change, not one list per region
+    shared: dict[tuple[str, int], tuple[str, ...]] = {}
+    for i in _indexes(changed != 0):
+        if old_pk[i] < 0:
+            bits = sum(
+                1 << k
+                for k, m in enumerate(MODALITIES)
+                if m == "geometry" or hashes.hex(i, m) != _EMPTY
+            )
+            key = ("added", bits)
+        else:
+            key = ("updated", int(changed[i]))
+        mods = shared.setdefault(key, tuple(m for k, m in enumerate(MODALITIES) if key[1] >> k & 1))
+        changes.append(
+            {"region_id": bundle.regions[i].region_id, "change": key[0], "modalities": mods}
+        )
+    changes.extend(
+        {"region_id": rid, "change": "removed", "modalities": ()} for rid in sorted(removed)
+    )
+    n_added = int((old_pk < 0).sum())
+    n_touched = int(np.count_nonzero(changed))
 
     census_old: dict[str, tuple[int, str]] = {}
     if city is not None:
@@ -210,17 +288,16 @@ def write_bundle(session: Session, bundle: Bundle) -> IngestSummary:
         "source_path": str(bundle.root),
     }
     city_changed = city is None or any(getattr(city, k) != v for k, v in city_fields.items())
-    n_added = sum(1 for c in changes if c["change"] == "added")
     summary = IngestSummary(
         city=spec.name,
         revision=None,
         city_created=city is None,
         regions={
             "added": n_added,
-            "updated": sum(1 for c in changes if c["change"] == "updated"),
+            "updated": n_touched - n_added,
             "removed": len(removed),
-            "unchanged": len(bundle.regions) - len(changed_mods),
-            "total": len(bundle.regions),
+            "unchanged": n - n_touched,
+            "total": n,
         },
         changes=changes,
         counts=_bundle_counts(bundle),
@@ -244,48 +321,28 @@ def write_bundle(session: Session, bundle: Bundle) -> IngestSummary:
     city.revision = rev.id
     city.updated_at = utcnow()
 
-    _delete_in(session, Region, Region.id, [old[rid][0] for rid in removed])
-
-    touched = sorted(changed_mods)
-    new_rows: list[dict[str, Any]] = []
-    upd_rows: list[tuple[int, dict[str, Any]]] = []
-    for i in touched:
-        r = bundle.regions[i]
-        values: dict[str, Any] = {f"hash_{m}": h for m, h in hashes[i].items()}
-        values["revision"] = rev.id
-        if "geometry" in changed_mods[i]:
-            values.update(
-                geom=geo.to_ewkt(r.geom),
-                centroid=geo.to_ewkt(r.geom.centroid),
-                h3_cell=r.h3_cell,
-                area_km2=geo.area_km2(r.geom),
-            )
-        if r.region_id in old:
-            upd_rows.append((old[r.region_id][0], values))
-        else:
-            new_rows.append({"city_id": city.id, "region_id": r.region_id, **values})
-    _insert_rows(session, Region, new_rows)
-    for pk, values in upd_rows:
-        session.execute(update(Region).where(Region.id == pk).values(**values))
+    _delete_in(session, Region, Region.id, [removed[rid] for rid in sorted(removed)])
+    _write_regions(session, bundle, hashes, city.id, rev.id, old_pk, changed)
     session.flush()
     faults.point("ingest:regions")
 
-    pk_of = dict(
-        session.execute(select(Region.region_id, Region.id).where(Region.city_id == city.id)).all()
-    )
-    pks = [pk_of[r.region_id] for r in bundle.regions]
-    _write_modalities(session, bundle, city.id, pks, changed_mods)
+    pks = np.full(n, -1, np.int64)
+    stmt = select(Region.region_id, Region.id).where(Region.city_id == city.id)
+    for rid, pk in session.execute(stmt.execution_options(yield_per=_IN_CHUNK)):
+        pks[new_ids[rid]] = pk
+    del new_ids
+    _write_modalities(session, bundle, city.id, pks, old_pk >= 0, changed)
     session.flush()
     faults.point("ingest:modalities")
     _write_census(session, bundle, city.id, census, census_old)
     session.flush()
     faults.point("ingest:census")
 
-    if changes:
-        session.execute(
-            insert(RegionChange),
-            [{"revision_id": rev.id, "city_id": city.id, **c} for c in changes],
-        )
+    _insert_rows(
+        session,
+        RegionChange,
+        ({"revision_id": rev.id, "city_id": city.id, **c} for c in changes),
+    )
     rev.summary = {
         "bundle": str(bundle.root),
         "regions": summary.regions,
@@ -298,9 +355,53 @@ def write_bundle(session: Session, bundle: Bundle) -> IngestSummary:
     return summary
 
 
-def _insert_rows(session: Session, model: type[Base], rows: Sequence[dict[str, Any]]) -> None:
-    for chunk in _chunks(rows):
-        session.execute(insert(model), list(chunk))
+def _bit(modality: str) -> int:
+    return 1 << MODALITIES.index(modality)
+
+
+_ALL = (1 << len(MODALITIES)) - 1
+
+
+def _write_regions(
+    session: Session,
+    bundle: Bundle,
+    hashes: RegionHashes,
+    city_id: int,
+    revision: int,
+    old_pk: np.ndarray,
+    changed: np.ndarray,
+) -> None:
+    """Insert the new regions (in bundle order) and update the changed ones."""
+
+    def values(i: int) -> dict[str, Any]:
+        r = bundle.regions[i]
+        out: dict[str, Any] = {f"hash_{m}": hashes.hex(i, m) for m in MODALITIES}
+        out["revision"] = revision
+        if changed[i] & _bit("geometry"):
+            g = r.geom
+            out.update(
+                geom=geo.to_ewkt(g),
+                centroid=geo.to_ewkt(g.centroid),
+                h3_cell=r.h3_cell,
+                area_km2=geo.area_km2(g),
+            )
+        return out
+
+    new = _indexes((changed != 0) & (old_pk < 0))
+    _insert_rows(
+        session,
+        Region,
+        ({"city_id": city_id, "region_id": bundle.regions[i].region_id, **values(i)} for i in new),
+    )
+    for i in _indexes((changed != 0) & (old_pk >= 0)):
+        session.execute(update(Region).where(Region.id == int(old_pk[i])).values(**values(i)))
+
+
+def _insert_rows(session: Session, model: type[Base], rows: Iterable[dict[str, Any]]) -> None:
+    """Insert rows made on the fly, a chunk at a time."""
+    it = iter(rows)
+    while chunk := list(islice(it, _IN_CHUNK)):
+        session.execute(insert(model), chunk)
 
 
 def _delete_in(
@@ -314,49 +415,49 @@ def _write_modalities(
     session: Session,
     bundle: Bundle,
     city_id: int,
-    pks: list[int],
-    changed: dict[int, list[str]],
+    pks: np.ndarray,
+    existed: np.ndarray,
+    changed: np.ndarray,
 ) -> None:
-    """Replace the rows of every (region, modality) whose hash changed."""
+    """Replace the rows of every (region, modality) whose hash changed (a region that was
+    not in the store has no rows to delete)."""
 
-    def regions_with(mod: str) -> list[int]:
-        return [i for i, mods in changed.items() if mod in mods]
+    def wanted(mod: str) -> tuple[np.ndarray, list[int]]:
+        """Whether each region's ``mod`` rows are rewritten; the store rows to clear."""
+        mask = (changed & _bit(mod)) != 0
+        return mask, pks[mask & existed].tolist()
 
-    poi_regions = regions_with("poi")
-    _delete_in(session, Poi, Poi.region_pk, [pks[i] for i in poi_regions])
-    wanted = set(poi_regions)
+    want, old = wanted("poi")
+    _delete_in(session, Poi, Poi.region_pk, old)
     _insert_rows(
         session,
         Poi,
-        [
+        (
             {
                 "city_id": city_id,
-                "region_pk": pks[p.region],
+                "region_pk": int(pks[p.region]),
                 "poi_id": p.poi_id,
                 "name": p.name,
                 "category": p.category,
                 "text": p.text,
                 "geom": f"SRID=4326;POINT({p.lon!r} {p.lat!r})",
-                "content_hash": p.content_hash,
+                "content_hash": h.hex(),
             }
-            for p in bundle.pois
-            if p.region in wanted
-        ],
+            for p, h in bundle.pois.with_hashes()
+            if want[p.region]
+        ),
     )
 
     for kind in ("remote", "street"):
-        img_regions = regions_with(kind)
-        _delete_in(
-            session, Image, Image.region_pk, [pks[i] for i in img_regions], Image.kind == kind
-        )
-        wanted = set(img_regions)
+        want, old = wanted(kind)
+        _delete_in(session, Image, Image.region_pk, old, Image.kind == kind)
         _insert_rows(
             session,
             Image,
-            [
+            (
                 {
                     "city_id": city_id,
-                    "region_pk": pks[im.region],
+                    "region_pk": int(pks[im.region]),
                     "kind": kind,
                     "path": im.path,
                     "geom": f"SRID=4326;POINT({im.lon!r} {im.lat!r})",
@@ -368,52 +469,50 @@ def _write_modalities(
                     "content_hash": im.content_hash,
                 }
                 for im in bundle.images
-                if im.kind == kind and im.region in wanted
-            ],
+                if im.kind == kind and want[im.region]
+            ),
         )
 
-    mob_regions = regions_with("mobility")
+    want, old = wanted("mobility")
     mob = bundle.mobility
-    mob_pks = [pks[i] for i in mob_regions]
-    _delete_in(session, Mobility, Mobility.region_pk, mob_pks)
-    _delete_in(session, OdFlow, OdFlow.origin_pk, mob_pks)
-    _delete_in(session, OdFlow, OdFlow.dest_pk, mob_pks)
+    _delete_in(session, Mobility, Mobility.region_pk, old)
+    _delete_in(session, OdFlow, OdFlow.origin_pk, old)
+    _delete_in(session, OdFlow, OdFlow.dest_pk, old)
     _insert_rows(
         session,
         Mobility,
-        [
-            {"region_pk": pks[i], "inflow": int(mob.inflow[i]), "outflow": int(mob.outflow[i])}
-            for i in mob_regions
-            if mob.inflow[i] or mob.outflow[i]
-        ],
+        (
+            {"region_pk": int(pks[i]), "inflow": int(mob.inflow[i]), "outflow": int(mob.outflow[i])}
+            for i in _indexes(want & ((mob.inflow > 0) | (mob.outflow > 0)))
+        ),
     )
-    wanted = set(mob_regions)
+    origin, dest, trips = mob.od_pairs()
     _insert_rows(
         session,
         OdFlow,
-        [
-            {"origin_pk": pks[o], "dest_pk": pks[d], "trips": c}
-            for (o, d), c in sorted(mob.od.items())
-            if o in wanted or d in wanted
-        ],
+        (
+            {"origin_pk": int(pks[origin[j]]), "dest_pk": int(pks[dest[j]]), "trips": int(trips[j])}
+            for j in _indexes(want[origin] | want[dest])
+        ),
     )
 
-    ind_regions = regions_with("indicators")
+    want, old = wanted("indicators")
     _delete_in(
         session,
         Indicator,
         Indicator.region_pk,
-        [pks[i] for i in ind_regions],
+        old,
         Indicator.source == INDICATOR_SOURCE,
     )
+    indicators = bundle.indicators
     _insert_rows(
         session,
         Indicator,
-        [
-            {"region_pk": pks[i], "name": k, "value": v, "source": INDICATOR_SOURCE}
-            for i in ind_regions
-            for k, v in bundle.indicators.get(i, {}).items()
-        ],
+        (
+            {"region_pk": int(pks[i]), "name": k, "value": v, "source": INDICATOR_SOURCE}
+            for i in _indexes(want)
+            for k, v in indicators.get(i, {}).items()
+        ),
     )
 
 
@@ -448,10 +547,9 @@ def _bundle_counts(bundle: Bundle) -> dict[str, Any]:
     by_kind: dict[str, int] = defaultdict(int)
     for im in bundle.images:
         by_kind[im.kind] += 1
-    indicator_values: dict[str, int] = defaultdict(int)
-    for values in bundle.indicators.values():
-        for k in values:
-            indicator_values[k] += 1
+    ind = bundle.indicators
+    known = (~np.isnan(ind.table)).sum(axis=0).tolist() if ind.table.size else []
+    indicator_values = {k: c for k, c in zip(ind.names, known, strict=True) if c}
     mob = bundle.mobility
     return {
         "regions": len(bundle.regions),
@@ -459,7 +557,7 @@ def _bundle_counts(bundle: Bundle) -> dict[str, Any]:
         "images": {"remote": by_kind["remote"], "street": by_kind["street"]},
         "trips": {
             "rows": mob.rows,
-            "od": int(sum(mob.od.values())),
+            "od": int(mob.od_counts.sum()),
             "out": int(mob.outflow.sum()),
             "in": int(mob.inflow.sum()),
         },
