@@ -769,7 +769,7 @@ def similar_many(
     \b
     Example:
       musecl similar-many --city demo-0 regions.csv -k 5 --exclude-adjacent --out similar.csv
-      printf 'lon,lat\n8.54,47.37\n' | musecl similar-many --city demo-0 - --json
+      printf 'lon,lat\\n8.54,47.37\\n' | musecl similar-many --city demo-0 - --json
 
     CSV columns: query (the region id, or lon,lat), rank, region_id, city, score,
     percentile, lon, lat (+ attention:<branch>, geometry), error. A row of FILE that cannot
