@@ -13,6 +13,15 @@ and images for a sample of ``--images`` regions. Each step then runs as its own 
 - ``index_build``: the FAISS index of the model version;
 - ``similar``: one search by region id (opens the index, checks it against the database).
 
+``--steps`` runs a subset. The product steps need the store that ``ingest`` and ``vectors``
+made: when they are not asked for, they still run (implicitly, and are reported with
+``"implicit": true``) unless ``--keep DIR`` holds the store of an earlier run of that size,
+which is then reused as it is. ``--keep DIR`` keeps each size's bundle, store and index under
+``DIR/<size>`` instead of a temporary folder, so a large size is generated and ingested once.
+Asking for ``ingest`` (or ``vectors``) starts that size's store afresh. ``similar`` opens the
+index that ``index_build`` wrote; without one (no ``index_build`` in this or an earlier kept
+run) its figure includes building the index.
+
 Training and (re-)embedding are not in it: they encode every POI text and image with the
 networks, which on this machine's 2 CPU cores takes hours at 100k regions (see the README).
 
@@ -21,6 +30,7 @@ of peak RSS and of time between the two largest sizes (log ratio / log size rati
 1 is linear).
 
 Usage: .venv/bin/python bench/scale.py [--sizes 10000 100000] [--pois 3] [--trips 2]
+       [--steps export index_build ...] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -156,12 +167,27 @@ with transaction(engine, write=True) as s:
 """
 
 
+STEPS = ("ingest", "vectors", "export", "features_points", "index_build", "similar")
+SETUP = ("ingest", "vectors")
+_READY = "store.ready"  # in a kept size's folder once ingest and vectors have both run
+
+
 def run_size(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     bundle = work / f"bundle-{n}"
-    t0 = time.perf_counter()
-    write_bundle(bundle, n, args.pois, args.trips, args.images)
-    out: dict[str, Any] = {"bundle_written_s": round(time.perf_counter() - t0, 1)}
     db = work / f"store-{n}.sqlite"
+    steps = set(args.steps)
+    out: dict[str, Any] = {}
+    fresh = bool(steps & set(SETUP)) or not (work / _READY).exists()
+    if fresh:  # a new store: bundle (if not kept), ingest and vectors
+        (work / _READY).unlink(missing_ok=True)
+        for path in work.glob(f"store-{n}.sqlite*"):
+            path.unlink()
+        shutil.rmtree(work / f"idx-{n}", ignore_errors=True)
+        if not (bundle / "points.csv").exists():
+            shutil.rmtree(bundle, ignore_errors=True)
+            t0 = time.perf_counter()
+            write_bundle(bundle, n, args.pois, args.trips, args.images)
+            out["bundle_written_s"] = round(time.perf_counter() - t0, 1)
     env = {
         **os.environ,
         "MUSECL_DATABASE_URL": str(db),
@@ -169,21 +195,31 @@ def run_size(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "MUSECL_PROGRESS": "0",
     }
     city = f"scale-{n}"
-    out["ingest"] = step("ingest", CLI, ["ingest", str(bundle)], env, work)
-    out["vectors"] = step("vectors", VECTORS, [f"sqlite:///{db}"], env, work)
-    out["export"] = step(
-        "export", CLI, ["export", "--city", city, "--format", "csv", "--out", str(work / "e.csv")],
-        env, work,
-    )  # fmt: skip
-    out["features_points"] = step(
-        "features", CLI,
-        ["features", "--city", city, "--points", str(bundle / "points.csv"), "--out",
-         str(work / "f.csv")],
-        env, work,
-    )  # fmt: skip
-    out["index_build"] = step("index", CLI, ["index", "build", "--city", city], env, work)
     first = next(iter(csv.DictReader((bundle / "indicators.csv").open())))["region_id"]
-    out["similar"] = step("similar", CLI, ["similar", "--city", city, first, "--json"], env, work)
+    commands: dict[str, tuple[str, str, list[str]]] = {
+        "ingest": ("ingest", CLI, ["ingest", str(bundle)]),
+        "vectors": ("vectors", VECTORS, [f"sqlite:///{db}"]),
+        "export": (
+            "export", CLI,
+            ["export", "--city", city, "--format", args.export_format, "--out",
+             str(work / f"e.{args.export_format}")],
+        ),
+        "features_points": (
+            "features", CLI,
+            ["features", "--city", city, "--points", str(bundle / "points.csv"), "--out",
+             str(work / "f.csv")],
+        ),
+        "index_build": ("index", CLI, ["index", "build", "--city", city]),
+        "similar": ("similar", CLI, ["similar", "--city", city, first, "--json"]),
+    }  # fmt: skip
+    for name in STEPS:
+        implicit = fresh and name in SETUP and name not in steps
+        if name in steps or implicit:
+            out[name] = step(*commands[name][:2], commands[name][2], env, work)
+            if implicit:
+                out[name]["implicit"] = True
+        if fresh and name == SETUP[-1]:
+            (work / _READY).touch()
     print(json.dumps({n: out}), file=sys.stderr, flush=True)
     return out
 
@@ -194,6 +230,16 @@ def main() -> None:
     ap.add_argument("--pois", type=int, default=3, help="POIs per region")
     ap.add_argument("--trips", type=int, default=2, help="trips per region")
     ap.add_argument("--images", type=int, default=1000, help="regions with an image")
+    ap.add_argument(
+        "--steps", nargs="+", choices=STEPS, default=list(STEPS), help="steps to measure"
+    )
+    ap.add_argument(
+        "--keep", type=Path, help="keep (and reuse) each size's bundle, store and index here"
+    )
+    ap.add_argument(
+        "--export-format", choices=("csv", "geojson", "parquet"), default="csv",
+        help="format of the export step",
+    )  # fmt: skip
     args = ap.parse_args()
     out: dict[str, Any] = {
         "benchmark": "scale",
@@ -204,19 +250,20 @@ def main() -> None:
             "python": platform.python_version(),
         },
         "per_region": {"pois": args.pois, "trips": args.trips},
+        "steps": [name for name in STEPS if name in args.steps],
         "sizes": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
-            work = Path(tmp) / str(n)
-            work.mkdir()
+            work = (args.keep or Path(tmp)) / str(n)
+            work.mkdir(parents=True, exist_ok=True)
             out["sizes"][n] = run_size(n, args, work)
     sizes = sorted(out["sizes"])
     if len(sizes) >= 2:
         a, b = sizes[-2], sizes[-1]
         growth: dict[str, Any] = {}
         for name, row in out["sizes"][b].items():
-            if isinstance(row, dict):
+            if isinstance(row, dict) and isinstance(out["sizes"][a].get(name), dict):
                 before = out["sizes"][a][name]
                 growth[name] = {
                     key: round(math.log(row[key] / before[key]) / math.log(b / a), 2)

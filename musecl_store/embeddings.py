@@ -1,16 +1,19 @@
 """Bulk reads and writes of embedding vectors.
 
 Reading never parses rows one by one: the vectors come back as raw bytes (SpatiaLite's BLOB,
-PostgreSQL's ``array_send(real[])``) and become one numpy matrix with a single ``frombuffer``.
+PostgreSQL's ``array_send(real[])``) and a batch of them becomes one numpy matrix with a
+single ``frombuffer``. Readers stream: :func:`iter_embeddings` yields batches of
+:data:`CHUNK_ROWS` rows from one query, so a whole city is never held twice.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Generator, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
+import shapely
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
@@ -175,6 +178,21 @@ def _copy_embeddings(
     return len(region_pks)
 
 
+CHUNK_ROWS = 20_000
+"""Rows per batch of the streaming readers (:func:`iter_embeddings`, the exports, the index
+build): their memory follows this, not the number of regions."""
+
+
+class EmbeddingChunk(NamedTuple):
+    """One batch of :func:`iter_embeddings`, its rows in region id order."""
+
+    ids: list[str]
+    vectors: np.ndarray  # float32, (n, dim)
+    imputed: np.ndarray  # bool, (n,)
+    geometries: np.ndarray | None  # shapely geometries of the regions, when asked for
+    attention: list[Any] | None  # each row's attention (None where it has none), when asked
+
+
 def load_embeddings(
     session: Session, model_version_id: int, kind: str = "fused", city_id: int | None = None
 ) -> tuple[list[str], np.ndarray]:
@@ -191,71 +209,152 @@ def load_embeddings_flags(
     session: Session, model_version_id: int, kind: str = "fused", city_id: int | None = None
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Like :func:`load_embeddings`, with the ``imputed`` flag of each row (bool array)."""
+    ids: list[str] = []
+    vectors: list[np.ndarray] = []
+    imputed: list[np.ndarray] = []
+    for chunk in iter_embeddings(session, model_version_id, kind, city_id):
+        ids.extend(chunk.ids)
+        vectors.append(chunk.vectors)
+        imputed.append(chunk.imputed)
+    if not ids:
+        return [], np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=bool)
+    mat = vectors[0] if len(vectors) == 1 else np.concatenate(vectors)
+    return ids, mat, np.concatenate(imputed)
+
+
+def iter_embeddings(
+    session: Session,
+    model_version_id: int,
+    kind: str = "fused",
+    city_id: int | None = None,
+    *,
+    geometry: bool = False,
+    attention: bool = False,
+    chunk_rows: int | None = None,
+) -> Generator[EmbeddingChunk, None, None]:
+    """The vectors of one model version and kind in region id order (code point order of
+    the ids, on both backends), in batches of up to ``chunk_rows`` (default
+    :data:`CHUNK_ROWS`) rows, from one query: memory follows the batch, not the city.
+    ``geometry`` and ``attention`` add each region's geometry and each row's attention.
+
+    On PostgreSQL it is one ``COPY (SELECT ...) TO STDOUT``: the connection is busy until the
+    iterator is exhausted (issue no other query meanwhile). On SpatiaLite the rows come from
+    a cursor, a batch at a time.
+
+    Raises:
+        ValueError: the vectors are not all of one dimension.
+    """
     _check_kind(kind)
+    size = max(1, int(chunk_rows or CHUNK_ROWS))
+    if dialect.name(session) == "postgresql":
+        chunks = _copy_chunks(session, model_version_id, kind, city_id, size, geometry, attention)
+    else:
+        chunks = _select_chunks(session, model_version_id, kind, city_id, size, geometry, attention)
+    dim: int | None = None
+    for chunk in chunks:
+        if dim is None:
+            dim = int(chunk.vectors.shape[1])
+        elif chunk.vectors.shape[1] != dim:
+            raise ValueError(
+                f"model version {model_version_id} has {kind} vectors of several "
+                f"dimensions: {sorted({dim, int(chunk.vectors.shape[1])})}"
+            )
+        yield chunk
+
+
+def _select_chunks(
+    session: Session,
+    model_version_id: int,
+    kind: str,
+    city_id: int | None,
+    size: int,
+    geometry: bool,
+    attention: bool,
+) -> Iterator[EmbeddingChunk]:
     name = dialect.name(session)
-    if name == "postgresql":
-        return _copy_load(session, model_version_id, kind, city_id)
+    columns: list[Any] = [
+        Region.region_id,
+        Embedding.dim,
+        Embedding.imputed,
+        dialect.vector_wire(Embedding.vector, name),
+    ]
+    if geometry:
+        columns.append(Region.geom)
+    if attention:
+        columns.append(Embedding.attention)
     stmt = (
-        select(
-            Region.region_id,
-            Embedding.dim,
-            Embedding.imputed,
-            dialect.vector_wire(Embedding.vector, name),
-        )
+        select(*columns)
         .join(Region, Region.id == Embedding.region_pk)
         .where(Embedding.model_version_id == model_version_id, Embedding.kind == kind)
         .order_by(Region.region_id)
     )
     if city_id is not None:
         stmt = stmt.where(Region.city_id == city_id)
-    rows = session.execute(stmt).all()
-    if not rows:
-        return [], np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=bool)
-    ids, dims, imputed, blobs = zip(*rows, strict=True)
-    if len(set(dims)) > 1:
-        raise ValueError(
-            f"model version {model_version_id} has {kind} vectors of several "
-            f"dimensions: {sorted(set(dims))}"
-        )
-    return (
-        list(ids),
-        dialect.decode_vectors(list(blobs), dims[0], name),
-        np.array(imputed, dtype=bool),
-    )
+    result = session.execute(stmt.execution_options(yield_per=size))
+    try:
+        for part in result.partitions():
+            cols = list(zip(*part, strict=True))
+            ids, dims, imputed, blobs = cols[:4]
+            if len(set(dims)) > 1:
+                raise ValueError(
+                    f"model version {model_version_id} has {kind} vectors of several "
+                    f"dimensions: {sorted(set(dims))}"
+                )
+            yield EmbeddingChunk(
+                list(ids),
+                dialect.decode_vectors(list(blobs), dims[0], name),
+                np.array(imputed, dtype=bool),
+                shapely.from_wkb([g.data for g in cols[4]]) if geometry else None,
+                list(cols[-1]) if attention else None,
+            )
+    finally:
+        result.close()
 
 
-def _copy_load(
-    session: Session, model_version_id: int, kind: str, city_id: int | None
-) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """PostgreSQL: one ``COPY (SELECT ...) TO STDOUT (FORMAT BINARY)`` whose rows are chunks
-    of up to 32,768 regions, each chunk's vectors, flags and ids aggregated on the server into
-    a few byte strings. The client decodes a chunk with ``frombuffer`` as it arrives (no work
-    per row in Python; never the whole result twice), then sorts by region id."""
+def _copy_chunks(
+    session: Session,
+    model_version_id: int,
+    kind: str,
+    city_id: int | None,
+    size: int,
+    geometry: bool,
+    attention: bool,
+) -> Iterator[EmbeddingChunk]:
+    """PostgreSQL: one ``COPY (SELECT ...) TO STDOUT (FORMAT BINARY)`` whose rows are the
+    batches, in region id order: each batch's vectors, flags, ids (and geometries, attention)
+    aggregated on the server into a few byte strings, which the client decodes with
+    ``frombuffer`` as they arrive (no work per row in Python but splitting the ids)."""
     session.flush()
     raw = session.connection().connection.driver_connection
     assert raw is not None
     where = f"e.model_version_id = {int(model_version_id)} AND e.kind = '{kind}'"  # checked
     if city_id is not None:
         where += f" AND r.city_id = {int(city_id)}"
-    order = "ORDER BY e.region_pk"
-    query = (
-        "COPY (SELECT max(e.dim),"
-        f" string_agg(array_send(e.vector), ''::bytea {order}),"
-        f" string_agg(CASE WHEN e.imputed THEN '\\x01'::bytea ELSE '\\x00'::bytea END, ''::bytea"
-        f" {order}),"
-        f" string_agg(int4send(octet_length(r.region_id)), ''::bytea {order}),"
-        f" string_agg(convert_to(r.region_id, 'UTF8'), ''::bytea {order}),"
-        " min(e.dim)"
-        " FROM embeddings e JOIN regions r ON r.id = e.region_pk"
-        f" WHERE {where} GROUP BY e.region_pk / 32768) TO STDOUT (FORMAT BINARY)"
+    varying = ["convert_to(t.region_id, 'UTF8')"]  # variable-length fields, NULL allowed
+    if geometry:
+        varying.append("ST_AsBinary(t.geom)")
+    if attention:
+        varying.append("convert_to(t.attention::text, 'UTF8')")
+    order = "ORDER BY t.n"
+    aggregates = "".join(
+        f", string_agg(int4send(coalesce(octet_length({x}), -1)), ''::bytea {order}),"
+        f" string_agg({x}, ''::bytea {order})"
+        for x in varying
     )
-    ids: list[str] = []
-    vectors: list[np.ndarray] = []
-    imputed: list[np.ndarray] = []
+    query = (
+        "COPY (SELECT min(t.dim), max(t.dim),"
+        f" string_agg(array_send(t.vector), ''::bytea {order}),"
+        f" string_agg(CASE WHEN t.imputed THEN '\\x01'::bytea ELSE '\\x00'::bytea END,"
+        f" ''::bytea {order}){aggregates}"
+        " FROM (SELECT e.dim, e.vector, e.imputed, r.region_id, r.geom, e.attention,"
+        ' row_number() OVER (ORDER BY r.region_id COLLATE "C", e.region_pk) - 1 AS n'
+        f" FROM embeddings e JOIN regions r ON r.id = e.region_pk WHERE {where}) t"
+        f" GROUP BY t.n / {size} ORDER BY t.n / {size}) TO STDOUT (FORMAT BINARY)"
+    )
     pending = b""
     header = False
     with raw.cursor() as cur, cur.copy(query) as cp:
-        for block in cp:  # PostgreSQL sends a message per row, here per chunk of regions
+        for block in cp:  # PostgreSQL sends a message per row, here per batch of regions
             pending = pending + bytes(block) if pending else bytes(block)
             if not header:
                 if len(pending) < 19:
@@ -268,21 +367,35 @@ def _copy_load(
                     break
                 fields, pending = parsed
                 dim = int.from_bytes(fields[0], "big")
-                if dim != int.from_bytes(fields[5], "big"):
+                if dim != int.from_bytes(fields[1], "big"):
                     raise ValueError(
                         f"model version {model_version_id} has {kind} vectors of several dimensions"
                     )
-                vectors.append(dialect.decode_pg_arrays(fields[1], len(fields[2]), dim))
-                imputed.append(np.frombuffer(fields[2], dtype=np.uint8).astype(bool))
-                ends = np.cumsum(np.frombuffer(fields[3], dtype=">i4")).tolist()
-                names = fields[4]
-                ids.extend(names[a:b].decode() for a, b in zip([0, *ends[:-1]], ends, strict=True))
-    if not ids:
-        return [], np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=bool)
-    mat = np.concatenate(vectors)
-    flags_all = np.concatenate(imputed)
-    order_ = np.argsort(np.asarray(ids), kind="stable")
-    return [ids[i] for i in order_], mat[order_], flags_all[order_]
+                n = len(fields[3])
+                values = [_split(fields[i], fields[i + 1]) for i in range(4, len(fields), 2)]
+                yield EmbeddingChunk(
+                    [b.decode() for b in values[0] if b is not None],
+                    dialect.decode_pg_arrays(fields[2], n, dim),
+                    np.frombuffer(fields[3], dtype=np.uint8).astype(bool),
+                    shapely.from_wkb(values[1]) if geometry else None,
+                    [None if b is None else json.loads(b) for b in values[-1]]
+                    if attention
+                    else None,
+                )
+
+
+def _split(lengths: bytes, data: bytes) -> list[bytes | None]:
+    """Values of a ``string_agg`` of byte strings, given the ``string_agg`` of their big-endian
+    int32 lengths (-1: NULL)."""
+    out: list[bytes | None] = []
+    pos = 0
+    for length in np.frombuffer(lengths, dtype=">i4").tolist():
+        if length < 0:
+            out.append(None)
+        else:
+            out.append(data[pos : pos + length])
+            pos += length
+    return out
 
 
 def _copy_fields(data: bytes) -> tuple[list[bytes], bytes] | None:

@@ -8,11 +8,11 @@ from typing import Any
 
 import h3
 import numpy as np
-from geoalchemy2.shape import to_shape
+import shapely
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from musecl_store import dialect, geo
+from musecl_store import dialect, embeddings, geo
 from musecl_store.embeddings import load_embeddings
 from musecl_store.errors import MuseclError
 from musecl_store.models import active_model_version
@@ -128,8 +128,10 @@ def locate(session: Session, city_id: int, lon: np.ndarray, lat: np.ndarray) -> 
     """The id of the region containing each point (None for none).
 
     A city of H3 cells is looked up by cell id, in chunks through an index: memory and time
-    follow the number of points. Other polygons go through an STR-tree of the city's
-    geometries (memory follows the city)."""
+    follow the number of points. Other polygons stream by region id in batches of
+    :data:`~musecl_store.embeddings.CHUNK_ROWS`, each through an STR-tree, until every point
+    is found: time follows the city, memory the batch. A point on a shared border goes to
+    the region with the smallest id (the first batch and the first region that holds it)."""
     with_cell = session.execute(
         select(Region.h3_cell)
         .where(Region.city_id == city_id, Region.h3_cell.is_not(None))
@@ -161,10 +163,22 @@ def locate(session: Session, city_id: int, lon: np.ndarray, lat: np.ndarray) -> 
         for i, cell in zip(ok.tolist(), cells, strict=True):
             out[i] = region_of.get(cell)
         return out
-    regions = session.execute(
+    result = session.execute(
         select(Region.region_id, Region.geom)
         .where(Region.city_id == city_id)
         .order_by(Region.region_id)
-    ).all()
-    found = geo.RegionLocator([to_shape(r.geom) for r in regions]).locate(lon, lat)
-    return [regions[i].region_id if i >= 0 else None for i in found]
+        .execution_options(yield_per=embeddings.CHUNK_ROWS)
+    )
+    try:
+        for part in result.partitions():
+            if not ok.size:  # every point found
+                break
+            shapes = shapely.from_wkb([r.geom.data for r in part])
+            found = geo.RegionLocator(shapes).locate(lon[ok], lat[ok])
+            hit = found >= 0
+            for i, j in zip(ok[hit].tolist(), found[hit].tolist(), strict=True):
+                out[i] = part[j].region_id
+            ok = ok[~hit]
+    finally:
+        result.close()
+    return out

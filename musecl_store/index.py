@@ -24,6 +24,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from musecl_store import dialect, faults
+from musecl_store import dialect, embeddings, faults
 from musecl_store.errors import MuseclError
 from musecl_store.summary import store_revision
 from musecl_store.tables import EMBEDDING_KINDS, Embedding, ModelVersion
@@ -99,23 +100,60 @@ def _db_state(session: Session, model_version: int, kind: str) -> tuple[int, int
     return int(rev), int(n)
 
 
-def _load_rows(
+def _iter_rows(
     session: Session, model_version: int, kind: str, min_revision: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(region pks, normalised float32 vectors) of a model version and kind, in one query."""
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(region pks, normalised float32 vectors) of a model version and kind, in region pk
+    order, from one query, in batches of :data:`~musecl_store.embeddings.CHUNK_ROWS` rows."""
     name = dialect.name(session)
+    version: Any = Embedding.model_version_id
+    if min_revision is None and name == "sqlite":
+        # SQLite's sorter keeps what it sorts in memory (pysqlite3 is built with
+        # TEMP_STORE=3): ORDER BY region_pk after a search of the (model version, kind,
+        # revision) index would hold every vector at once. "+ 0" keeps the planner off that
+        # index, so it scans the unique (region_pk, model_version_id, kind) one, already in
+        # order. A catch-up (min_revision) reads few rows through the revision index.
+        version = Embedding.model_version_id + 0
     stmt = select(
         Embedding.region_pk, Embedding.dim, dialect.vector_wire(Embedding.vector, name)
-    ).where(Embedding.model_version_id == model_version, Embedding.kind == kind)
+    ).where(version == model_version, Embedding.kind == kind)
     if min_revision is not None:
         stmt = stmt.where(Embedding.revision > min_revision)
-    rows = session.execute(stmt.order_by(Embedding.region_pk)).all()
-    if not rows:
-        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-    pks, dims, blobs = zip(*rows, strict=True)
-    vecs = dialect.decode_vectors(list(blobs), int(dims[0]), name)
-    faiss.normalize_L2(vecs)
-    return np.asarray(pks, dtype=np.int64), vecs
+    stmt = stmt.order_by(Embedding.region_pk).execution_options(yield_per=embeddings.CHUNK_ROWS)
+    result = session.execute(stmt)
+    dim: int | None = None
+    try:
+        for part in result.partitions():
+            pks, dims, blobs = zip(*part, strict=True)
+            dim = int(dims[0]) if dim is None else dim
+            vecs = dialect.decode_vectors(list(blobs), dim, name)  # checks every row's size
+            faiss.normalize_L2(vecs)
+            yield np.asarray(pks, dtype=np.int64), vecs
+    finally:
+        result.close()
+
+
+# Neighbour slots per vector of an HNSW graph: 2 M at level 0, M at each level above, which a
+# vector reaches with probability 1/M per level (65.03 for M = 32); a little more.
+def _hnsw_slots(m: int) -> int:
+    return 2 * m + m // (m - 1) + 2 if m > 1 else 4
+
+
+def _reserve(index: Any, count: int) -> None:
+    """Size the vector storage (and an HNSW graph) of an empty flat or HNSW index for
+    ``count`` vectors at once: added batch by batch, std::vector would otherwise grow by
+    doubling and hold the old and the new buffer together (up to 1.6x the final size). A
+    vector's capacity survives ``resize`` to a smaller size, so the adds fill it in place."""
+    inner: Any = faiss.downcast_index(index.index)
+    hnsw = getattr(inner, "hnsw", None)
+    storage: Any = faiss.downcast_index(inner.storage) if hnsw is not None else inner
+    if count <= 0 or not hasattr(storage, "codes"):
+        return
+    storage.codes.resize(count * storage.code_size)
+    storage.codes.resize(0)
+    if hnsw is not None:
+        hnsw.neighbors.resize(count * _hnsw_slots(int(hnsw.nb_neighbors(1))))
+        hnsw.neighbors.resize(0)
 
 
 def _fsync(path: Path) -> None:
@@ -223,22 +261,21 @@ class RegionIndex:
         if session.get(ModelVersion, model_version) is None:
             raise IndexUnavailableError(f"model version {model_version} does not exist")
         revision, count = _db_state(session, model_version, kind)
-        pks, vecs = _load_rows(session, model_version, kind)
-        if not len(pks):
+        kind_of_index = options.index_type
+        if kind_of_index == "auto":
+            kind_of_index = "flat" if count <= options.exact_threshold else options.approximate
+        rows = _iter_rows(session, model_version, kind)
+        index = cls._add_rows(kind_of_index, rows, options, count)
+        if index is None:
             raise IndexUnavailableError(
                 f"model version {model_version} has no {kind} embeddings to index"
             )
-        kind_of_index = options.index_type
-        if kind_of_index == "auto":
-            kind_of_index = "flat" if len(pks) <= options.exact_threshold else options.approximate
-        index = cls._new_index(kind_of_index, vecs, options)
-        index.add_with_ids(vecs, pks)
         stamp = Stamp(
             model_version,
             kind,
             revision,
             count,
-            int(vecs.shape[1]),
+            int(index.d),
             kind_of_index,
             store_revision(session),
         )
@@ -246,8 +283,41 @@ class RegionIndex:
         out.save()
         return out
 
+    @classmethod
+    def _add_rows(
+        cls,
+        kind: str,
+        rows: Iterator[tuple[np.ndarray, np.ndarray]],
+        options: IndexOptions,
+        count: int = 0,
+    ) -> Any:
+        """A new index of ``kind`` holding ``rows``, added batch by batch; None when there
+        are none. ``count``: the number of rows expected (the storage is sized once for it).
+
+        Flat and HNSW indexes hold no copy of the vectors beyond the batch being added. IVF
+        trains its centroids on all the vectors, so it gathers them first (one copy)."""
+        if kind == "ivf":
+            parts = list(rows)
+            if not parts:
+                return None
+            pks = np.concatenate([p for p, _ in parts])
+            vecs = np.concatenate([v for _, v in parts])
+            del parts
+            index = cls._new_index(kind, vecs, options)
+            index.add_with_ids(vecs, pks)
+            return index
+        index = None
+        for pks, vecs in rows:
+            if index is None:
+                index = cls._new_index(kind, vecs, options)
+                _reserve(index, count)
+            index.add_with_ids(vecs, pks)
+        return index
+
     @staticmethod
     def _new_index(kind: str, vecs: np.ndarray, options: IndexOptions) -> Any:
+        """An empty index of ``kind`` for vectors like ``vecs`` (IVF: trained on them;
+        flat and HNSW only read their dimension)."""
         d = vecs.shape[1]
         if kind == "flat":
             return faiss.IndexIDMap2(faiss.IndexFlatIP(d))
@@ -318,15 +388,16 @@ class RegionIndex:
         if (revision, count) == (self.stamp.revision, self.stamp.count):
             return
         if revision >= self.stamp.revision and self.stamp.index_type in ("flat", "ivf"):
-            pks, vecs = _load_rows(
+            changed = 0
+            for pks, vecs in _iter_rows(
                 session, self.stamp.model_version, self.stamp.kind, self.stamp.revision
-            )
-            if len(pks):
+            ):
                 self._flat = None
-                self.cpu_index.remove_ids(pks)
-                self.cpu_index.add_with_ids(vecs, pks)
+                self.cpu_index.remove_ids(pks)  # batches hold distinct pks: the same end
+                self.cpu_index.add_with_ids(vecs, pks)  # state and order as all at once
+                changed += len(pks)
             if int(self.cpu_index.ntotal) == count:
-                self.caught_up = len(pks)
+                self.caught_up = changed
                 self.stamp = Stamp(
                     **{
                         **asdict(self.stamp),
