@@ -220,6 +220,14 @@ def query_vector(value: Any) -> np.ndarray:
     return raw
 
 
+def unit_vector(raw: np.ndarray) -> np.ndarray:
+    """A checked query vector (:func:`query_vector`) at unit length, as float32. Scaled by
+    its largest value first, in float64: the squares of values near float32's limits (or
+    of subnormal ones) would overflow (or vanish) and give an infinite (or zero) norm."""
+    scaled = raw / np.abs(raw).max()
+    return (scaled / np.linalg.norm(scaled)).astype(np.float32)
+
+
 def region_at(session: Session, lon: float, lat: float, city: str | None = None) -> tuple[int, str]:
     """(pk, region_id) of the region containing a point; raises SearchError if none does."""
     name = dialect.name(session)
@@ -384,8 +392,7 @@ def similar(
                 f"the query vector has {raw.shape[0]} values; the {kind} vectors of model "
                 f"version {mv} have {index.stamp.dim}"
             )
-        # unit length in float64 first: float32 norms of values near its limits overflow
-        vec = (raw / np.linalg.norm(raw)).astype(np.float32)
+        vec = unit_vector(raw)
         if filters.same_city or filters.other_cities:
             if query.city is None:
                 raise SearchError("same/other-city filters need --city for a vector query")
@@ -584,7 +591,7 @@ def similar_many(
                     f"version {mv} have {dim}"
                 )
             elif r is not None:
-                vecs[i] = (r / np.linalg.norm(r)).astype(np.float32)
+                vecs[i] = unit_vector(r)
     else:
         _region_vectors(session, index, pks, whats, errors, vecs, city_of)
 
