@@ -8,6 +8,7 @@ with file, line and reason.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import hashlib
 import json
@@ -935,6 +936,76 @@ def _region_polygons(
     return regions
 
 
+_id_hash = hash  # str -> 64-bit int (a test swaps in one that collides)
+
+
+class _SeenIds:
+    """The first line of each poi_id accepted so far, for finding duplicates in bounded
+    memory (3M ids: ~95 MB, not the ~370 MB of a dict). The ids accepted since the last
+    :meth:`freeze` are in a dict; older ones cost 24 bytes plus their UTF-8 each: their
+    ``_id_hash`` in one sorted array (a match is only a candidate, confirmed by comparing the
+    id itself), their lines, and the ids NUL-joined in one blob per chunk (no accepted poi_id
+    holds a NUL)."""
+
+    def __init__(self) -> None:
+        self._recent: dict[str, int] = {}
+        self._hash = np.empty(0, np.int64)  # _id_hash of every frozen id, sorted
+        self._seq = np.empty(0, np.int64)  # the index of each of those ids, in that order
+        self._first: list[int] = []  # the index of the first id of each chunk
+        self._lines: list[np.ndarray] = []  # per chunk, the line of each id
+        self._blobs: list[bytes] = []  # per chunk, its ids NUL-joined
+        self._starts: dict[int, np.ndarray] = {}  # per chunk, where each id starts (on demand)
+        self._n = 0
+
+    def get(self, poi_id: str) -> int | None:
+        """The line ``poi_id`` was first accepted on, or None."""
+        line = self._recent.get(poi_id)
+        if line is not None or not self._n:
+            return line
+        h = _id_hash(poi_id)
+        i = int(self._hash.searchsorted(h))
+        while i < self._n and int(self._hash[i]) == h:
+            k, j = self._locate(int(self._seq[i]))
+            if self._id(k, j) == poi_id:
+                return int(self._lines[k][j])
+            i += 1
+        return None
+
+    def add(self, poi_id: str, line: int) -> None:
+        self._recent[poi_id] = line
+
+    def freeze(self) -> None:
+        """Move the ids added since the last call into the compact arrays."""
+        if not self._recent:
+            return
+        n = len(self._recent)
+        hashes = np.fromiter((_id_hash(p) for p in self._recent), np.int64, n)
+        order = np.argsort(hashes, kind="stable")
+        hashes, seq = hashes[order], order.astype(np.int64) + self._n
+        at = self._hash.searchsorted(hashes)
+        self._hash = np.insert(self._hash, at, hashes)  # one at a time: a lower peak
+        self._seq = np.insert(self._seq, at, seq)
+        self._first.append(self._n)
+        self._lines.append(np.fromiter(self._recent.values(), np.int64, n))
+        self._blobs.append("\x00".join(self._recent).encode("utf-8"))
+        self._n += n
+        self._recent = {}
+
+    def _locate(self, seq: int) -> tuple[int, int]:
+        k = bisect.bisect_right(self._first, seq) - 1
+        return k, seq - self._first[k]
+
+    def _id(self, k: int, j: int) -> str:
+        blob = self._blobs[k]
+        starts = self._starts.get(k)
+        if starts is None:
+            nul = np.flatnonzero(np.frombuffer(blob, np.uint8) == 0)
+            starts = self._starts[k] = np.concatenate(([0], nul + 1)).astype(np.int64)
+        start = int(starts[j])
+        end = int(starts[j + 1]) - 1 if j + 1 < len(starts) else len(blob)
+        return blob[start:end].decode("utf-8")
+
+
 def read_pois(
     root: Path, crs: CRS, locator: geo.RegionLocator, report: Report, show: bool | None
 ) -> PoiTable:
@@ -944,24 +1015,26 @@ def read_pois(
     limits = {"poi_id": MAX_NAME, "category": MAX_NAME, "name": None, "text": None}
     batch = _PointBatch(POIS, crs, geo.Reprojector(crs))
     rows: list[tuple[int, str, str, str, str]] = []
-    seen: dict[str, int] = {}  # poi_id -> first line: the one thing here that grows
+    seen = _SeenIds()  # poi_id -> first line: the one thing here that grows with the file
     out = PoiTable()
 
     def flush() -> None:
         lon, lat, region = batch.resolve(locator, report, "poi")
         out.append(rows, lon, lat, region)
         rows.clear()
+        seen.freeze()
 
     for line, row in progress(reader, desc="pois", enabled=show, unit="row"):
         poi_id, category = row["poi_id"].strip(), row["category"].strip()
         if not poi_id:
             report.skip(POIS, line, "empty poi_id")
             continue
-        if poi_id in seen:
+        first = seen.get(poi_id)
+        if first is not None:
             report.skip(
                 POIS,
                 line,
-                f"poi_id {poi_id!r} is not unique (first on line {seen[poi_id]})",
+                f"poi_id {poi_id!r} is not unique (first on line {first})",
                 kind="duplicate poi_id",
             )
             continue
@@ -977,7 +1050,7 @@ def read_pois(
         except ValueError as exc:
             report.skip(POIS, line, str(exc), kind="unparsable coordinate")
             continue
-        seen[poi_id] = line
+        seen.add(poi_id, line)
         batch.add(line, x, y)
         rows.append((line, poi_id, row["name"], category, row.get("text", "")))
         if len(rows) >= _CHUNK:

@@ -162,3 +162,39 @@ def test_write_memory_does_not_grow_with_the_city(
     big = _write_peak(tmp_path / "4000", tmp_path)
     # what still grows: the change list (the summary's) and ~100 bytes of hashes a region
     assert big < 1.5 * small, (small, big)
+
+
+@pytest.mark.parametrize("colliding", [False, True])
+def test_duplicate_poi_ids_are_found_across_chunks(
+    tmp_path: Path, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch, colliding: bool
+) -> None:
+    """Ids from earlier chunks are kept compactly (a hash, confirmed by the id): the report
+    still names every duplicate and its first line, in file order, also when hashes collide
+    and when the first one fell in no region."""
+    import musecl_store.bundle as bundle
+
+    path = tmp_path / "dupes"
+    shutil.copytree(tiny_bundle, path)
+    rows = ["poi_id,lon,lat,name,category,text"]
+    ids = ["p0", "p1", "p2", "p1", "Zoë", "p3", "p0", "x", "東京", "p10", "p1", "Zoë", "p01"]
+    ids += ["p0 ", "x", "东京", "東京", "p10", "out", "out", "bad", "bad"]
+    expect: list[str] = []
+    first: dict[str, int] = {}
+    for line, pid in enumerate(ids, start=2):
+        lon = "0.0" if pid == "out" else ("nan" if pid == "bad" else "10.002")
+        rows.append(f"{pid},{lon},50.003,n,cafe,")
+        key = pid.strip()
+        if key in first:
+            expect.append(
+                f"pois.csv:{line}: poi_id {key!r} is not unique (first on line "
+                f"{first[key]}) (skipped)"
+            )
+        elif pid != "bad":
+            first[key] = line
+    (path / "pois.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    monkeypatch.setattr(bundle, "_CHUNK", 3)
+    if colliding:
+        monkeypatch.setattr(bundle, "_id_hash", lambda s: len(s) % 2)
+    problems = [str(p) for p in read_bundle(path).report.listed if p.file == "pois.csv"]
+    assert [p for p in problems if "not unique" in p] == expect
+    assert len([p for p in problems if "falls in no region" in p]) == 1
