@@ -205,13 +205,13 @@ def load_city_data(
         stmt = select(Image.region_pk, Image.path, Image.sha256).where(
             Image.city_id == city.id, Image.kind == kind
         )
-        rows = _rows_of(session, stmt.order_by(Image.path), Image.region_pk, only)
+        rows = rows_of(session, stmt.order_by(Image.path), Image.region_pk, only)
         images[kind] = ImageSet(
             np.array([index[r.region_pk] for r in rows], dtype=np.int64),
             [r.path for r in rows],
             [r.sha256 for r in rows],
         )
-    pois = _rows_of(
+    pois = rows_of(
         session,
         select(Poi.region_pk, Poi.name, Poi.category, Poi.text, Poi.content_hash)
         .where(Poi.city_id == city.id)
@@ -240,7 +240,7 @@ def load_city_data(
     )
 
 
-def _rows_of(session: Session, stmt: Any, pk_column: Any, only: Sequence[int] | None) -> list[Any]:
+def rows_of(session: Session, stmt: Any, pk_column: Any, only: Sequence[int] | None) -> list[Any]:
     """Run ``stmt``, restricted to ``only`` region pks (in chunks) when given, keeping order."""
     if only is None:
         return list(session.execute(stmt).all())
@@ -262,7 +262,7 @@ def _mobility(
         .join(Region, Region.id == Mobility.region_pk)
         .where(Region.city_id == city_id)
     )
-    for pk, i_, o_ in _rows_of(session, stmt, Mobility.region_pk, only):
+    for pk, i_, o_ in rows_of(session, stmt, Mobility.region_pk, only):
         inflow[index[pk]], outflow[index[pk]] = i_, o_
     od_stmt = (
         select(OdFlow.origin_pk, OdFlow.dest_pk, OdFlow.trips)
@@ -275,7 +275,7 @@ def _mobility(
         seen = {
             (r.origin_pk, r.dest_pk): r
             for col in (OdFlow.origin_pk, OdFlow.dest_pk)
-            for r in _rows_of(session, od_stmt, col, only)
+            for r in rows_of(session, od_stmt, col, only)
         }
         od_rows = list(seen.values())
     od = sparse.csr_matrix(

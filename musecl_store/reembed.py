@@ -36,6 +36,7 @@ from musecl_store.embed import (
     load_city_data,
     poi_text_means,
     region_means,
+    rows_of,
     write_region_embeddings,
 )
 from musecl_store.errors import MuseclError
@@ -64,6 +65,7 @@ class ReembedResult:
     regions: list[str]
     recomputed: dict[str, int]
     old_fused: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    region_pks: list[int] = field(default_factory=list, repr=False)  # of ``regions``
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -272,18 +274,7 @@ def reembed(
         for r, pk in zip(regions, pks, strict=True)
         if pk in old["fused"]
     }
-    return ReembedResult(city, mv, rev.id, ids, recomputed, old_fused)
-
-
-def _region_ids(session: Session, pks: Any) -> dict[int, str]:
-    """Region id of each region pk, read in chunks (only the regions asked for)."""
-    wanted = sorted({int(p) for p in pks})
-    out: dict[int, str] = {}
-    for a in range(0, len(wanted), 5000):
-        chunk = wanted[a : a + 5000]
-        rows = session.execute(select(Region.id, Region.region_id).where(Region.id.in_(chunk)))
-        out.update(rows.tuples().all())
-    return out
+    return ReembedResult(city, mv, rev.id, ids, recomputed, old_fused, pks)
 
 
 def neighbours(
@@ -296,7 +287,10 @@ def neighbours(
     names = list(vectors)
     q = np.stack([vectors[n] for n in names]).astype(np.float32)
     _, ids = index.search_snapshot(q, k + 1)
-    pk_to_id = _region_ids(session, ids[ids >= 0])
+    hits = [int(p) for p in ids[ids >= 0]]  # only these regions' ids are read
+    pk_to_id: dict[int, str] = dict(
+        rows_of(session, select(Region.id, Region.region_id), Region.id, hits)
+    )
     out = {}
     for name, row in zip(names, ids, strict=True):
         found = [pk_to_id.get(int(i), str(int(i))) for i in row if i >= 0]
@@ -350,7 +344,6 @@ def reembed_and_report(
     embeddings; a crash after it leaves an index that the next open catches up."""
     from musecl_store.db import transaction
     from musecl_store.index import RegionIndex
-    from musecl_store.summary import get_city
 
     with transaction(engine, write=True) as session:
         mv = model_version if model_version is not None else active_model_version(session, city)
@@ -373,22 +366,8 @@ def reembed_and_report(
             faults.point("reembed:index_updated")
             # the re-embedded regions' new vectors, as indexed (unit length: the drift is a
             # cosine), not the whole city's
-            city_id = get_city(session, city).id
-            pks: dict[str, int] = {}
-            for a in range(0, len(result.regions), 5000):
-                chunk = result.regions[a : a + 5000]
-                pks.update(
-                    session.execute(
-                        select(Region.region_id, Region.id).where(
-                            Region.city_id == city_id, Region.region_id.in_(chunk)
-                        )
-                    )
-                    .tuples()
-                    .all()
-                )
-            listed = [r for r in result.regions if r in pks]
-            mat = index.vectors(np.array([pks[r] for r in listed], dtype=np.int64))
-            new = dict(zip(listed, mat, strict=True))
+            mat = index.vectors(np.array(result.region_pks, dtype=np.int64))
+            new = dict(zip(result.regions, mat, strict=True))
             after = neighbours(session, index, new)
         report = drift_report(result.old_fused, new, before, after)
     return {**result.to_dict(), "index": index.status(), "drift": report}
