@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from musecl_store import dialect
-from musecl_store.db import create_engine, transaction
-from musecl_store.embeddings import load_embeddings, put_embeddings
-from musecl_store.schema import upgrade
-from musecl_store.tables import City, Embedding, ModelVersion, Region
+from musecl_store.store import dialect
+from musecl_store.store.engine import create_engine, transaction
+from musecl_store.store.schema import upgrade
+from musecl_store.store.tables import City, Embedding, ModelVersion, Region
+from musecl_store.store.vectors import load_embeddings, put_embeddings
 
 N_REGIONS, DIM = 10_000, 128
 

@@ -9,7 +9,7 @@ import json
 import sys
 from typing import Any
 
-from musecl_store.evaluation import EMBEDDINGS
+from musecl_store.downstream.evaluation import EMBEDDINGS
 
 
 def seed_table(run: dict[str, Any]) -> str:

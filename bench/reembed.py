@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from musecl_store.db import open_engine, transaction
 from musecl_store.demo import make_demo_city
-from musecl_store.embed import embed_city
-from musecl_store.index import RegionIndex
-from musecl_store.ingest import ingest_bundle
-from musecl_store.reembed import reembed, reembed_and_report
-from musecl_store.schema import ensure_schema
+from musecl_store.embedding.reembed import reembed, reembed_and_report
+from musecl_store.embedding.run import embed_city
+from musecl_store.ingest.apply import ingest_bundle
+from musecl_store.search.index import RegionIndex
+from musecl_store.store.engine import open_engine, transaction
+from musecl_store.store.schema import ensure_schema
 from training.config import TrainConfig
 from training.trainer import train_city
 

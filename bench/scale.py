@@ -149,9 +149,9 @@ CLI = "import sys\nfrom musecl_store.cli import main\nsys.argv[0] = 'musecl'\nma
 VECTORS = """
 import sys
 import numpy as np
-from musecl_store.db import create_engine, transaction
-from musecl_store.embeddings import put_embeddings
-from musecl_store.tables import ModelVersion, Region, Revision
+from musecl_store.store.engine import create_engine, transaction
+from musecl_store.store.vectors import put_embeddings
+from musecl_store.store.tables import ModelVersion, Region, Revision
 engine = create_engine(sys.argv[1])
 with transaction(engine, write=True) as s:
     pks = [pk for (pk,) in s.query(Region.id).order_by(Region.id)]

@@ -27,7 +27,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from musecl_store.index import IndexOptions, RegionIndex
+from musecl_store.search.index import IndexOptions, RegionIndex
 
 
 def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
@@ -183,8 +183,8 @@ def _exact_latency(flat: Any, x: np.ndarray, q: np.ndarray) -> dict[str, Any]:
     """Exact search as users run it (``RegionIndex.search_snapshot``): single queries (p50,
     p99 against the memory-bandwidth bound of one pass over the vectors) and batches of
     several sizes, beside FAISS with its own BLAS threshold (what musecl ran before)."""
-    from musecl_store import index as musecl_index
-    from musecl_store.index import Stamp
+    from musecl_store.search import index as musecl_index
+    from musecl_store.search.index import Stamp
 
     idx = RegionIndex(
         Path("."), flat, Stamp(1, "fused", 1, len(x), x.shape[1], "flat", 1), IndexOptions()
@@ -233,8 +233,8 @@ def _synthetic_store(path: Path, n: int, dim: int) -> tuple[str, list[str]]:
     import shapely
 
     import musecl_store
-    from musecl_store.embeddings import put_embeddings
-    from musecl_store.tables import City, ModelVersion, Region, Revision
+    from musecl_store.store.tables import City, ModelVersion, Region, Revision
+    from musecl_store.store.vectors import put_embeddings
 
     origin = h3.latlng_to_cell(47.37, 8.54, 9)
     k = 0

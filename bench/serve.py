@@ -36,12 +36,12 @@ import numpy as np
 from sqlalchemy import insert, select
 
 from musecl_store import geo
-from musecl_store.db import create_engine, resolve_url, transaction
 from musecl_store.demo import make_demo_city
-from musecl_store.embeddings import put_embeddings
-from musecl_store.ingest import ingest_bundle
-from musecl_store.schema import ensure_schema
-from musecl_store.tables import City, ModelVersion, Region, Revision
+from musecl_store.ingest.apply import ingest_bundle
+from musecl_store.store.engine import create_engine, resolve_url, transaction
+from musecl_store.store.schema import ensure_schema
+from musecl_store.store.tables import City, ModelVersion, Region, Revision
+from musecl_store.store.vectors import put_embeddings
 from training.config import TrainConfig
 from training.trainer import train_city
 

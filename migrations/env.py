@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from geoalchemy2 import alembic_helpers
 
-from musecl_store.db import open_engine
-from musecl_store.tables import Base
+from musecl_store.store.engine import open_engine
+from musecl_store.store.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -25,25 +25,25 @@ from typing import TYPE_CHECKING, Any, TextIO, TypedDict, Unpack
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session
 
-from musecl_store import faults, schema
-from musecl_store.db import create_engine, resolve_url, transaction
-from musecl_store.errors import InputError, MuseclError, SetupError
+from musecl_store import faults
+from musecl_store.errors import InputError, MuseclError
 from musecl_store.settings import Settings
+from musecl_store.store import schema
+from musecl_store.store.engine import create_engine, resolve_url, transaction
 
 if TYPE_CHECKING:
     import pandas as pd
     from shapely.geometry.base import BaseGeometry
 
-    from musecl_store.census import CensusJoin
-    from musecl_store.check import CheckReport
-    from musecl_store.export import Exported
-    from musecl_store.ingest import IngestSummary
-    from musecl_store.maps import MapResult
-    from musecl_store.regress import PredictSummary
-    from musecl_store.search import Answer, Hit
+    from musecl_store.downstream.regressors import PredictSummary
+    from musecl_store.exports.files import Exported
+    from musecl_store.exports.maps import MapResult
+    from musecl_store.ingest.apply import IngestSummary
+    from musecl_store.ingest.census import CensusJoin
+    from musecl_store.search.query import Answer, Hit
+    from musecl_store.store.check import CheckReport
     from training.trainer import TrainResult
 
 KINDS = ("fused", "remote", "street", "poi")
@@ -243,9 +243,9 @@ def _writing(out: str | Path) -> Iterator[None]:
 
 
 def _filters(query: SearchOptions) -> Any:
-    """The :class:`~musecl_store.search.Filters` of a search's keywords (each value checked,
+    """The :class:`~musecl_store.search.query.Filters` of a search's keywords (each value checked,
     a bad one raising a SearchError that names it)."""
-    from musecl_store.search import Filters, parse_polygon
+    from musecl_store.search.query import Filters, parse_polygon
 
     polygon = query.get("polygon")
     return Filters(
@@ -377,20 +377,9 @@ class Store:
             if self._engine is None:
                 if not (create or self.create):
                     self._must_exist()
-                engine = create_engine(self.url, self.settings)
-                try:
-                    schema.ensure_schema(engine, create=create or self.create)
-                except DatabaseError as exc:
-                    engine.dispose()
-                    if "not a database" in str(exc.orig):  # a SpatiaLite path to another file
-                        raise SetupError(
-                            f"{make_url(self.url).database} is not a musecl store (SQLite: "
-                            f"{exc.orig}); check --db"
-                        ) from exc
-                    raise
-                except BaseException:
-                    engine.dispose()
-                    raise
+                engine = schema.checked_engine(
+                    self.url, self.settings, create=create or self.create
+                )
                 self._engine = engine
             return self._engine
 
@@ -410,12 +399,7 @@ class Store:
             return self.engine()
         with self._engine_lock:
             if self._read_engine is None:
-                engine = create_engine(self.read_url, self.settings)
-                try:
-                    schema.ensure_schema(engine, create=False)
-                except BaseException:
-                    engine.dispose()
-                    raise
+                engine = schema.checked_engine(self.read_url, self.settings)
                 self._read_engine = engine
             return self._read_engine
 
@@ -426,8 +410,9 @@ class Store:
         """A session in one transaction: committed when the block succeeds.
 
         ``write``: the block writes; it waits for the store's write lock first (see
-        :func:`musecl_store.db.transaction`). Other sessions read from the replica when the
-        store has one, unless ``primary`` (a read that must see this process's own writes)."""
+        :func:`musecl_store.store.engine.transaction`). Other sessions read from the replica
+        when the store has one, unless ``primary`` (a read that must see this process's own
+        writes)."""
         reads_only = not (write or create or primary)
         engine = self.read_engine() if reads_only else self.engine(create=create)
         with transaction(engine, write=write) as s:
@@ -453,11 +438,15 @@ class Store:
 
     def check(self, *, index: bool = True) -> CheckReport:
         """Verify the store's invariants (and, with ``index``, the FAISS cache's state); see
-        :mod:`musecl_store.check`. Reads only."""
-        from musecl_store.check import check_store
+        :mod:`musecl_store.store.check`. Reads only."""
+        from musecl_store.search.index import check_cache
+        from musecl_store.store.check import check_store
 
         with self.session() as s:
-            return check_store(s, self.index_dir if index else None)
+            report = check_store(s)
+            if index:
+                check_cache(s, self.index_dir, report)
+            return report
 
     def status(self) -> dict[str, Any]:
         """The database, its schema revision and the revision this code expects."""
@@ -484,7 +473,7 @@ class Store:
         updated_at."""
         import pandas as pd
 
-        from musecl_store.summary import list_cities
+        from musecl_store.store.cities import list_cities
 
         with self.session() as s:
             rows = list_cities(s)
@@ -493,7 +482,7 @@ class Store:
 
     def info(self, city: str) -> dict[str, Any]:
         """Counts of everything the store holds for one city, and the store revision."""
-        from musecl_store.summary import city_info
+        from musecl_store.store.cities import city_info
 
         with self.session() as s:
             return city_info(s, city)
@@ -519,8 +508,8 @@ class Store:
         from geoalchemy2.shape import to_shape
 
         from musecl_store.geo import area_km2
-        from musecl_store.summary import get_city
-        from musecl_store.tables import Indicator, Prediction, Region
+        from musecl_store.store.cities import get_city
+        from musecl_store.store.tables import Indicator, Prediction, Region
 
         with self.session() as s:
             c = get_city(s, city)
@@ -578,21 +567,21 @@ class Store:
 
     def active_model_version(self, city: str) -> int:
         """The city's active model version (the one searches use by default)."""
-        from musecl_store.models import active_model_version
+        from musecl_store.store.versions import active_model_version
 
         with self.session() as s:
             return active_model_version(s, city)
 
     def models(self, city: str | None = None) -> list[dict[str, Any]]:
         """Model versions (of one city, when given) with embedding counts and mean R²."""
-        from musecl_store.models import list_models
+        from musecl_store.store.versions import list_models
 
         with self.session() as s:
             return list_models(s, city)
 
     def activate_model(self, version: int) -> dict[str, Any]:
         """Make a model version the active one of its city."""
-        from musecl_store.models import activate
+        from musecl_store.store.versions import activate
 
         with self.session(write=True) as s:
             mv = activate(s, version)
@@ -602,9 +591,9 @@ class Store:
 
     def delete_model(self, version: int) -> dict[str, Any]:
         """Delete a model version with its embeddings, regressors and cached indexes."""
-        from musecl_store.index import drop_index_folders
-        from musecl_store.models import delete
-        from musecl_store.tables import ModelVersion
+        from musecl_store.search.index import drop_index_folders
+        from musecl_store.store.tables import ModelVersion
+        from musecl_store.store.versions import delete
 
         self._forget(version)
         with self.session(write=True) as s:
@@ -624,7 +613,7 @@ class Store:
     # ------------------------------------------------------------------ index, search
 
     def _model(self, s: Session, city: str, model_version: int | None) -> int:
-        from musecl_store.models import active_model_version
+        from musecl_store.store.versions import active_model_version
 
         return model_version if model_version is not None else active_model_version(s, city)
 
@@ -636,8 +625,8 @@ class Store:
 
         The session starts after the lock is taken, so it never reads an older state of the
         store than the one an earlier holder brought the index up to."""
-        from musecl_store.index import IndexOptions, RegionIndex
-        from musecl_store.tables import ModelVersion
+        from musecl_store.search.index import IndexOptions, RegionIndex
+        from musecl_store.store.tables import ModelVersion
 
         with self.session() as s:
             mv = self._model(s, city, model_version)
@@ -674,7 +663,7 @@ class Store:
         index_type: str = "auto",
     ) -> dict[str, Any]:
         """Build (or rebuild) the FAISS index of a model version's embeddings of one kind."""
-        from musecl_store.index import IndexOptions, RegionIndex
+        from musecl_store.search.index import IndexOptions, RegionIndex
 
         with self.session() as s:
             mv = self._model(s, city, model_version)
@@ -696,8 +685,8 @@ class Store:
             return dict(idx.status())
 
     def search(self, city: str, region: str | None = None, **query: Unpack[Search]) -> list[Hit]:
-        """Like :meth:`similar`, as a list of :class:`~musecl_store.search.Hit` records."""
-        from musecl_store.search import Query, similar
+        """Like :meth:`similar`, as a list of :class:`~musecl_store.search.query.Hit` records."""
+        from musecl_store.search.query import Query, similar
 
         filters = _filters(query)  # Filters and Query check every value, naming the argument
         point, vector = query.get("point"), query.get("vector")
@@ -755,9 +744,9 @@ class Store:
         show_progress: bool | None = None,
         **query: Unpack[SearchOptions],
     ) -> list[Answer]:
-        """Like :meth:`similar_many`, as one :class:`~musecl_store.search.Answer` (query,
+        """Like :meth:`similar_many`, as one :class:`~musecl_store.search.query.Answer` (query,
         hits, error) per query."""
-        from musecl_store.search import Queries, similar_many
+        from musecl_store.search.query import Queries, similar_many
 
         filters = _filters(query)
         queries = Queries(city=city, region_ids=regions, points=points, vectors=vectors)
@@ -809,7 +798,7 @@ class Store:
         """Embeddings for downstream models, in one bulk read: ``region_id, e0 .. e{d-1}``
         for the given region ids (default: every region), or ``lon, lat, region_id, e0 ..``
         for the region containing each point (NaN and no id for a point in no region)."""
-        from musecl_store.features import lookup
+        from musecl_store.search.features import lookup
 
         with self.session() as s:
             table = lookup(
@@ -844,7 +833,7 @@ class Store:
         Saved into the model version's metrics."""
         import pandas as pd
 
-        from musecl_store.evaluation import EvalConfig, evaluate_city
+        from musecl_store.downstream.evaluation import EvalConfig, evaluate_city
 
         cfg = EvalConfig(folds=folds, seed=seed, log_target=log_target)
         with self.session() as s:
@@ -873,7 +862,7 @@ class Store:
         """Fit a regressor of ``indicator`` on the city's embeddings, with cross-validated
         metrics, and store it. Returns {regressor, model_version, kind, indicator, head,
         metrics}; pass the regressor id to :meth:`predict`."""
-        from musecl_store import regress as R
+        from musecl_store.downstream import regressors as R
 
         with self.session(primary=True) as s:  # read, then fit with no transaction open
             fitted = R.fit_params(
@@ -898,7 +887,7 @@ class Store:
     def predict(self, regressor: str, city: str, *, all_regions: bool = False) -> PredictSummary:
         """Write a fitted regressor's predictions for the city's regions that lack the
         indicator (or all of them), with provenance."""
-        from musecl_store import regress as R
+        from musecl_store.downstream import regressors as R
 
         with self.session(write=True) as s:
             out = R.predict(s, regressor, city, all_regions=all_regions)
@@ -908,14 +897,14 @@ class Store:
 
     def regressors(self) -> list[dict[str, Any]]:
         """The fitted regressors and their cross-validated metrics."""
-        from musecl_store import regress as R
+        from musecl_store.downstream import regressors as R
 
         with self.session() as s:
             return R.list_regressors(s)
 
     def predicted(self, city: str) -> list[dict[str, Any]]:
         """The (regressor, indicator) pairs with predictions for the city's regions."""
-        from musecl_store import regress as R
+        from musecl_store.downstream import regressors as R
 
         with self.session() as s:
             return R.predicted(s, city)
@@ -931,7 +920,7 @@ class Store:
     ) -> dict[str, float]:
         """region_id -> value of exactly one of an indicator, a regressor's predictions or
         the cosine similarity to a region: what a choropleth shows."""
-        from musecl_store.maps import values_for
+        from musecl_store.exports.maps import values_for
 
         with self.session() as s:
             return values_for(
@@ -950,8 +939,8 @@ class Store:
     ) -> IngestSummary:
         """Ingest a city bundle (see docs/city-bundle.md); ``check`` validates and diffs
         without writing. All or nothing."""
-        from musecl_store.bundle import read_bundle
-        from musecl_store.ingest import write_bundle
+        from musecl_store.bundle.reader import read_bundle
+        from musecl_store.ingest.apply import write_bundle
 
         read = read_bundle(bundle, show_progress=show_progress)  # before taking the lock
         faults.point("ingest:read")
@@ -1017,8 +1006,8 @@ class Store:
         show_progress: bool | None,
         log: Callable[[str], None] | None,
     ) -> TrainResult:
-        from musecl_store.summary import get_city
-        from musecl_store.tables import ModelVersion
+        from musecl_store.store.cities import get_city
+        from musecl_store.store.tables import ModelVersion
         from training.launch import DistributedTrainingError, RankJob, launch
 
         def newest() -> int | None:
@@ -1032,7 +1021,6 @@ class Store:
         before = newest()  # also checks that the store and the city exist
         job = RankJob(
             url=self.url,
-            read_url=self.read_url,
             settings=self.settings,
             city=city,
             config=cfg.to_dict(),
@@ -1058,7 +1046,7 @@ class Store:
         self, city: str, model_version: int, *, show_progress: bool | None = None
     ) -> dict[str, Any]:
         """Embed every region of a city with an existing (frozen) model version."""
-        from musecl_store.embed import embed_city
+        from musecl_store.embedding.run import embed_city
 
         with self.session(write=True) as s:
             out = embed_city(s, city, model_version, show_progress=show_progress)
@@ -1078,12 +1066,12 @@ class Store:
     ) -> dict[str, Any]:
         """Recompute the embeddings of changed regions (or the given ones, or all) with the
         frozen model, update the index in place, and report the drift."""
-        from musecl_store.reembed import reembed_and_report
+        from musecl_store.embedding.reembed import reembed_and_report
 
         if sum([regions is not None, since is not None, all_regions]) > 1:
             raise InputError("use at most one of regions, since and all_regions")
         if since is not None:
-            from musecl_store.summary import store_revision
+            from musecl_store.store.cities import store_revision
 
             with self.session(primary=True) as s:
                 newest = store_revision(s)
@@ -1114,7 +1102,7 @@ class Store:
         intensive: Sequence[str] = (),
     ) -> CensusJoin:
         """Interpolate census fields onto the regions by area weighting, in SQL."""
-        from musecl_store.census import join_layer
+        from musecl_store.ingest.census import join_layer
 
         with self.session(write=True) as s:
             out = join_layer(s, city, layer, extensive=list(extensive), intensive=list(intensive))
@@ -1133,7 +1121,7 @@ class Store:
     ) -> Exported:
         """Write a city's embeddings to CSV, GeoJSON or GeoParquet (``fmt`` defaults to the
         file's suffix: .csv, .geojson, .parquet)."""
-        from musecl_store.export import export_city
+        from musecl_store.exports.files import export_city
 
         if fmt is None:
             fmt = {
@@ -1161,7 +1149,7 @@ class Store:
     ) -> MapResult:
         """Draw a choropleth PNG of an indicator, a prediction or the similarity to a region
         (the query region marked and its ``k`` most similar outlined)."""
-        from musecl_store.maps import draw
+        from musecl_store.exports.maps import draw
 
         with self.session() as s, _writing(out):
             return draw(

@@ -18,7 +18,7 @@ import uvicorn
 from playwright.sync_api import expect, sync_playwright
 
 from musecl_store.api import open as open_store
-from musecl_store.server import create_app
+from musecl_store.server.app import create_app
 
 
 def main() -> None:

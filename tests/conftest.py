@@ -21,9 +21,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from musecl_store import schema
-from musecl_store.db import create_engine
-from musecl_store.tables import Base
+from musecl_store.store import schema
+from musecl_store.store.engine import create_engine
+from musecl_store.store.tables import Base
 
 os.environ.setdefault("MUSECL_PROGRESS", "0")
 
@@ -203,8 +203,8 @@ FAST_TRAINING = {"epochs": 1, "fusion_epochs": 4, "image_size": 32, "batch_size"
 def trained(backend: Backend, demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A database holding the ~60-region demo city, trained once per backend (model version
     1). Tests read it; a test that writes works on ``backend.clone(trained)``."""
-    from musecl_store.db import transaction
-    from musecl_store.ingest import ingest_bundle
+    from musecl_store.ingest.apply import ingest_bundle
+    from musecl_store.store.engine import transaction
     from training.config import TrainConfig
     from training.trainer import train_city
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from musecl_store.db import transaction
 from musecl_store.errors import BundleError
-from musecl_store.ingest import ingest_bundle
+from musecl_store.ingest.apply import ingest_bundle
+from musecl_store.store.engine import transaction
 from tests.conftest import BUNDLES, snapshot
 
 CORPUS = sorted((BUNDLES / "broken").iterdir())

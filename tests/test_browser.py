@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from musecl_store.api import open as open_store
-from musecl_store.server import create_app
+from musecl_store.server.app import create_app
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import pytest
 from pyproj import Transformer
 
 from musecl_store import geo
-from musecl_store.bundle import read_bundle
+from musecl_store.bundle.reader import read_bundle
 from musecl_store.errors import BundleError
 
 

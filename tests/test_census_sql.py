@@ -13,13 +13,13 @@ import shapely
 from pyproj import Transformer
 from sqlalchemy import select, text
 
-from musecl_store.census import CensusError, join_layer
-from musecl_store.db import create_engine, transaction
-from musecl_store.index import RegionIndex
-from musecl_store.ingest import ingest_bundle
-from musecl_store.regress import fit, predict
-from musecl_store.search import Query, similar
-from musecl_store.tables import Indicator, Region
+from musecl_store.downstream.regressors import fit, predict
+from musecl_store.ingest.apply import ingest_bundle
+from musecl_store.ingest.census import CensusError, join_layer
+from musecl_store.search.index import RegionIndex
+from musecl_store.search.query import Query, similar
+from musecl_store.store.engine import create_engine, transaction
+from musecl_store.store.tables import Indicator, Region
 
 README = Path(__file__).parent.parent / "README.md"
 

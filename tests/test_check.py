@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from musecl_store.check import check_store
 from musecl_store.cli import main
-from musecl_store.db import create_engine, transaction
-from musecl_store.index import RegionIndex
+from musecl_store.search.index import RegionIndex, check_cache
+from musecl_store.store.check import check_store
+from musecl_store.store.engine import create_engine, transaction
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,8 @@ def test_a_trained_store_passes(trained: str, tmp_path: Path) -> None:
     engine = create_engine(trained)
     with transaction(engine) as s:
         RegionIndex.open(s, tmp_path / "idx", 1)
-        report = check_store(s, tmp_path / "idx")
+        report = check_store(s)
+        check_cache(s, tmp_path / "idx", report)
     engine.dispose()
     assert report.ok, report.errors
     assert report.warnings == []
@@ -81,7 +82,8 @@ def test_index_leftovers_are_warnings(trained: str, tmp_path: Path) -> None:
         RegionIndex.open(s, idx, 1)
         (idx / "mv1-fused" / "index-x.faiss.partial").write_bytes(b"half")
         (idx / "mv9-fused").mkdir()
-        report = check_store(s, idx)
+        report = check_store(s)
+        check_cache(s, idx, report)
     engine.dispose()
     assert report.ok
     assert any("partial" in w for w in report.warnings)

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from musecl_store.api import Store
 from musecl_store.cli import main
-from musecl_store.db import create_engine, transaction
+from musecl_store.store.engine import create_engine, transaction
 
 ROOT = Path(__file__).parent.parent
 CITY = "demo-3"
@@ -98,7 +98,7 @@ def test_a_bug_is_reported_as_one_with_exit_2(monkeypatch: pytest.MonkeyPatch, d
 def _hold_write_lock(url: str, seconds: float, marker: Path) -> subprocess.Popen[bytes]:
     code = (
         "import sys, time; from pathlib import Path\n"
-        "from musecl_store.db import create_engine, transaction\n"
+        "from musecl_store.store.engine import create_engine, transaction\n"
         "e = create_engine(sys.argv[1])\n"
         "with transaction(e, write=True) as s:\n"
         "    Path(sys.argv[3]).touch(); time.sleep(float(sys.argv[2]))\n"
@@ -140,7 +140,7 @@ def test_a_second_writer_waits_then_writes_or_gives_up_clearly(
     assert "Traceback" not in gave_up.stderr
     engine = create_engine(url)
     with transaction(engine) as s:  # readers never waited, and the store is whole
-        from musecl_store.check import check_store
+        from musecl_store.store.check import check_store
 
         assert check_store(s).ok
     engine.dispose()

@@ -109,7 +109,7 @@ def _assert_clean_failure(rc: int | None, stderr: str, about: str) -> str:
 
 def _engine(url: str) -> sa.Engine:
     if make_url(url).get_backend_name() == "sqlite":
-        from musecl_store.db import create_engine
+        from musecl_store.store.engine import create_engine
 
         return create_engine(url)  # disposed after each use: no connection stays open
     return sa.create_engine(url, poolclass=NullPool)
@@ -117,7 +117,7 @@ def _engine(url: str) -> sa.Engine:
 
 def _counts(url: str) -> dict[str, int]:
     """Rows per store table."""
-    from musecl_store.tables import Base
+    from musecl_store.store.tables import Base
 
     engine = _engine(url)
     try:
@@ -131,7 +131,7 @@ def _counts(url: str) -> dict[str, int]:
 
 
 def _per_region_kind(url: str) -> dict[tuple[int, int, str], int]:
-    from musecl_store.tables import Embedding
+    from musecl_store.store.tables import Embedding
 
     engine = _engine(url)
     try:
@@ -151,7 +151,7 @@ def _per_region_kind(url: str) -> dict[tuple[int, int, str], int]:
 
 def _fused(url: str, index_dir: Path) -> dict[str, bytes]:
     import musecl_store
-    from musecl_store.embeddings import load_embeddings
+    from musecl_store.store.vectors import load_embeddings
 
     with musecl_store.open(url, index_dir=index_dir) as store:
         mv = store.active_model_version(CITY)
@@ -374,7 +374,7 @@ def test_restart_during_a_reembed(
     private_pg: PrivatePostgres, pg_url: str, demo_bundle: Path, tmp_path: Path
 ) -> None:
     import musecl_store
-    from musecl_store.index import RegionIndex
+    from musecl_store.search.index import RegionIndex
     from tests.test_reembed import edit_bundle
 
     index_dir = tmp_path / "idx"

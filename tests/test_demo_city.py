@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from musecl_store.bundle import read_bundle
+from musecl_store.bundle.reader import read_bundle
 from musecl_store.demo import make_demo_city
 
 

@@ -13,11 +13,9 @@ from click.testing import CliRunner
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from musecl_store import evaluation
 from musecl_store.cli import main
-from musecl_store.db import transaction
-from musecl_store.embeddings import load_embeddings, put_embeddings
-from musecl_store.evaluation import (
+from musecl_store.downstream import evaluation
+from musecl_store.downstream.evaluation import (
     EMBEDDINGS,
     EvalConfig,
     evaluate_city,
@@ -29,8 +27,7 @@ from musecl_store.evaluation import (
     score,
     train_mlps,
 )
-from musecl_store.ingest import ingest_bundle
-from musecl_store.regression import (
+from musecl_store.downstream.ridge import (
     RIDGE_ALPHAS,
     RidgePath,
     kfold_indices,
@@ -38,7 +35,10 @@ from musecl_store.regression import (
     ridge_fit,
     ridge_fit_auto,
 )
-from musecl_store.tables import City, ModelVersion, Region
+from musecl_store.ingest.apply import ingest_bundle
+from musecl_store.store.engine import transaction
+from musecl_store.store.tables import City, ModelVersion, Region
+from musecl_store.store.vectors import load_embeddings, put_embeddings
 
 
 def _problem(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -14,11 +14,11 @@ import shapely
 from PIL import Image
 from sqlalchemy.engine import make_url
 
-from musecl_store.db import create_engine, transaction
-from musecl_store.embeddings import load_embeddings
-from musecl_store.export import ExportError, export_city
-from musecl_store.maps import MapError, draw
+from musecl_store.exports.files import ExportError, export_city
+from musecl_store.exports.maps import MapError, draw
 from musecl_store.nn.fusion import BRANCHES
+from musecl_store.store.engine import create_engine, transaction
+from musecl_store.store.vectors import load_embeddings
 
 pytestmark = pytest.mark.slow
 

@@ -74,13 +74,13 @@ from hypothesis.extra import numpy as hnp
 from sqlalchemy import select
 
 import musecl_store
-from musecl_store import bundle as bundle_module
 from musecl_store import geo
 from musecl_store.api import read_points_csv
-from musecl_store.bundle import MAX_CRS_NAME, MAX_NAME, MAX_REGION_ID, Bundle, read_bundle
+from musecl_store.bundle import reader as bundle_module
+from musecl_store.bundle.reader import MAX_CRS_NAME, MAX_NAME, MAX_REGION_ID, Bundle, read_bundle
 from musecl_store.cli import main
 from musecl_store.errors import BundleError, MuseclError
-from musecl_store.search import Query, SearchError, parse_polygon, query_vector
+from musecl_store.search.query import Query, SearchError, parse_polygon, query_vector
 from tests.conftest import BUNDLES
 from training.config import ConfigError, TrainConfig
 
@@ -1216,11 +1216,11 @@ def test_query_vector_fuzz(vector: Any) -> None:
 def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """The tiny bundle in a SpatiaLite store with an active model version of random 8-d
     embeddings (no training): (database path, index folder)."""
-    from musecl_store import schema
-    from musecl_store.db import create_engine, transaction
-    from musecl_store.embeddings import put_embeddings
-    from musecl_store.ingest import ingest_bundle
-    from musecl_store.tables import City, ModelVersion, Region
+    from musecl_store.ingest.apply import ingest_bundle
+    from musecl_store.store import schema
+    from musecl_store.store.engine import create_engine, transaction
+    from musecl_store.store.tables import City, ModelVersion, Region
+    from musecl_store.store.vectors import put_embeddings
 
     work = tmp_path_factory.mktemp("fuzz-store")
     path = work / "store.sqlite"

@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
-from musecl_store.index import IndexOptions, RegionIndex, Stamp
+from musecl_store.search.index import IndexOptions, RegionIndex, Stamp
 
 pytestmark = [
     pytest.mark.gpu,

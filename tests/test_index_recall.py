@@ -6,7 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
-from musecl_store.index import IndexOptions, RegionIndex
+from musecl_store.search.index import IndexOptions, RegionIndex
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def test_recall_at_10_is_at_least_0_95_at_100k(kind: str) -> None:
 def test_single_query_fast_path_equals_faiss(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """One or two queries skip FAISS for numpy's matrix-vector product; the answers are the
     same as FAISS's, also after rows are replaced in place."""
-    from musecl_store.index import Stamp
+    from musecl_store.search.index import Stamp
 
     rng = np.random.default_rng(1)
     x = rng.standard_normal((5000, 32)).astype(np.float32)

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from musecl_store import ingest as ingest_mod
-from musecl_store.db import transaction
-from musecl_store.ingest import ingest_bundle
-from musecl_store.summary import city_info, list_cities
-from musecl_store.tables import City, Poi, Region, RegionChange, Revision
+from musecl_store.ingest import apply as ingest_mod
+from musecl_store.ingest.apply import ingest_bundle
+from musecl_store.store.cities import city_info, list_cities
+from musecl_store.store.engine import transaction
+from musecl_store.store.tables import City, Poi, Region, RegionChange, Revision
 from tests.conftest import snapshot
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select
 
-from musecl_store.bundle import read_bundle
-from musecl_store.db import transaction
+from musecl_store.bundle.reader import read_bundle
 from musecl_store.errors import BundleError
-from musecl_store.ingest import ingest_bundle, region_hashes, write_bundle
-from musecl_store.tables import Poi, Region
+from musecl_store.ingest.apply import ingest_bundle, region_hashes, write_bundle
+from musecl_store.store.engine import transaction
+from musecl_store.store.tables import Poi, Region
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -145,8 +145,8 @@ def test_write_memory_does_not_grow_with_the_city(
 ) -> None:
     """With small chunks, so that both cities fill many: 4x the regions, about the same
     peak (the write made every row at once before: 2.6x)."""
-    from musecl_store import bundle as bundle_mod
-    from musecl_store import ingest as ingest_mod
+    from musecl_store.bundle import reader as bundle_mod
+    from musecl_store.ingest import apply as ingest_mod
 
     monkeypatch.setattr(bundle_mod, "_CHUNK", 1000)
     monkeypatch.setattr(ingest_mod, "_IN_CHUNK", 500)
@@ -171,7 +171,7 @@ def test_duplicate_poi_ids_are_found_across_chunks(
     """Ids from earlier chunks are kept compactly (a hash, confirmed by the id): the report
     still names every duplicate and its first line, in file order, also when hashes collide
     and when the first one fell in no region."""
-    import musecl_store.bundle as bundle
+    import musecl_store.bundle.reader as bundle
 
     path = tmp_path / "dupes"
     shutil.copytree(tiny_bundle, path)

@@ -18,8 +18,8 @@ import pytest
 
 import musecl_store
 from musecl_store.api import Store
-from musecl_store.db import create_engine, transaction
 from musecl_store.faults import POINTS
+from musecl_store.store.engine import create_engine, transaction
 from tests.conftest import FAST_TRAINING, snapshot
 from tests.test_reembed import edit_bundle
 
@@ -150,7 +150,7 @@ def test_index_build_and_models(runner: Runner) -> None:
     runner.kill_at_every_point("index", build, committed=None)
     engine = create_engine(runner.url)
     with transaction(engine) as s:
-        from musecl_store.index import RegionIndex
+        from musecl_store.search.index import RegionIndex
 
         assert RegionIndex.open(s, runner.index_dir, 1).is_current(s)
         _copy_model_version(s, 1)  # a second, inactive version (2) to switch to
@@ -169,8 +169,8 @@ def test_index_build_and_models(runner: Runner) -> None:
 
 
 def _copy_model_version(s, source: int) -> int:  # type: ignore[no-untyped-def]
-    from musecl_store.embeddings import load_embeddings, put_embeddings
-    from musecl_store.tables import ModelVersion, Region, Revision
+    from musecl_store.store.tables import ModelVersion, Region, Revision
+    from musecl_store.store.vectors import load_embeddings, put_embeddings
 
     mv = s.get(ModelVersion, source)
     copy = ModelVersion(

@@ -7,10 +7,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from musecl_store import schema
-from musecl_store.db import create_engine
 from musecl_store.errors import SchemaError
-from musecl_store.tables import Base
+from musecl_store.store import schema
+from musecl_store.store.engine import create_engine
+from musecl_store.store.tables import Base
 
 OURS = set(Base.metadata.tables)
 

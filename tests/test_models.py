@@ -10,10 +10,10 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from musecl_store.cli import main
-from musecl_store.db import create_engine, transaction
-from musecl_store.index import RegionIndex
-from musecl_store.models import ModelVersionError, activate, delete, list_models
-from musecl_store.tables import Embedding
+from musecl_store.search.index import RegionIndex
+from musecl_store.store.engine import create_engine, transaction
+from musecl_store.store.tables import Embedding
+from musecl_store.store.versions import ModelVersionError, activate, delete, list_models
 from tests.conftest import FAST_TRAINING
 
 pytestmark = pytest.mark.slow

@@ -1,5 +1,5 @@
-"""Images for training and embedding (``musecl_store.embed.Pixels``): held in memory when they
-fit in the image cache, else decoded batch by batch from their files, with the same pixels
+"""Images for training and embedding (``musecl_store.embedding.run.Pixels``): held in memory
+when they fit in the image cache, else decoded batch by batch from their files, with the same pixels
 and the same embeddings either way, and every image checked against its sha256 as read."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import musecl_store
-from musecl_store.embed import CityData, load_city_data, visual_means
+from musecl_store.embedding.images import ImageChangedError
+from musecl_store.embedding.run import CityData, load_city_data, visual_means
 from musecl_store.errors import InputError
-from musecl_store.images import ImageChangedError
 from musecl_store.nn.model import MuseclNet
 
 CITY = "demo-3"

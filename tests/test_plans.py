@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from musecl_store.db import create_engine, transaction
-from musecl_store.embeddings import put_embeddings
-from musecl_store.index import _db_state
-from musecl_store.tables import City, ModelVersion, Region
+from musecl_store.search.index import _db_state
+from musecl_store.store.engine import create_engine, transaction
+from musecl_store.store.tables import City, ModelVersion, Region
+from musecl_store.store.vectors import put_embeddings
 
 N_REGIONS, VERSIONS, DIM = 2_000, 20, 16
 

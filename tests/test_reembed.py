@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from musecl_store.db import create_engine, transaction
-from musecl_store.embeddings import load_embeddings
-from musecl_store.ingest import ingest_bundle
-from musecl_store.reembed import reembed
-from musecl_store.tables import Embedding, Region
+from musecl_store.embedding.reembed import reembed
+from musecl_store.ingest.apply import ingest_bundle
+from musecl_store.store.engine import create_engine, transaction
+from musecl_store.store.tables import Embedding, Region
+from musecl_store.store.vectors import load_embeddings
 
 pytestmark = pytest.mark.slow
 

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from musecl_store.db import create_engine, transaction
-from musecl_store.embeddings import load_embeddings
-from musecl_store.index import RegionIndex
-from musecl_store.ingest import ingest_bundle
-from musecl_store.reembed import STEPS, reembed
-from musecl_store.tables import Embedding
+from musecl_store.embedding.reembed import STEPS, reembed
+from musecl_store.ingest.apply import ingest_bundle
+from musecl_store.search.index import RegionIndex
+from musecl_store.store.engine import create_engine, transaction
+from musecl_store.store.tables import Embedding
+from musecl_store.store.vectors import load_embeddings
 from tests.test_reembed import edit_bundle
 
 pytestmark = pytest.mark.slow

@@ -11,14 +11,14 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from musecl_store.cli import main
-from musecl_store.db import create_engine, transaction
-from musecl_store.embed import embed_city
-from musecl_store.embeddings import load_embeddings
-from musecl_store.index import RegionIndex
-from musecl_store.ingest import ingest_bundle
-from musecl_store.regress import RegressionError, apply, fit, predict
-from musecl_store.search import Filters, Query, similar
-from musecl_store.tables import City, Indicator, Prediction, Region
+from musecl_store.downstream.regressors import RegressionError, apply, fit, predict
+from musecl_store.embedding.run import embed_city
+from musecl_store.ingest.apply import ingest_bundle
+from musecl_store.search.index import RegionIndex
+from musecl_store.search.query import Filters, Query, similar
+from musecl_store.store.engine import create_engine, transaction
+from musecl_store.store.tables import City, Indicator, Prediction, Region
+from musecl_store.store.vectors import load_embeddings
 
 pytestmark = pytest.mark.slow
 

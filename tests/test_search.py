@@ -16,13 +16,13 @@ from pyproj import Geod
 from sqlalchemy import delete, func, select, update
 
 from musecl_store.cli import main
-from musecl_store.db import create_engine, transaction
-from musecl_store.embeddings import load_embeddings
-from musecl_store.features import FeatureError, lookup
-from musecl_store.index import RegionIndex
 from musecl_store.nn.fusion import BRANCHES
-from musecl_store.search import Filters, Query, SearchError, parse_polygon, region_at, similar
-from musecl_store.tables import Embedding, Region
+from musecl_store.search.features import FeatureError, lookup
+from musecl_store.search.index import RegionIndex
+from musecl_store.search.query import Filters, Query, SearchError, parse_polygon, region_at, similar
+from musecl_store.store.engine import create_engine, transaction
+from musecl_store.store.tables import Embedding, Region
+from musecl_store.store.vectors import load_embeddings
 
 pytestmark = pytest.mark.slow
 

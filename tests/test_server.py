@@ -19,7 +19,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from musecl_store.api import Store
 from musecl_store.api import open as open_store
-from musecl_store.server import create_app
+from musecl_store.server.app import create_app
 
 pytestmark = pytest.mark.slow
 

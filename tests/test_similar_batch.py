@@ -25,10 +25,9 @@ from sqlalchemy import func, select, update
 from musecl_store.api import Store
 from musecl_store.api import open as open_store
 from musecl_store.cli import main
-from musecl_store.db import create_engine, transaction
 from musecl_store.errors import MuseclError
-from musecl_store.index import IndexOptions, RegionIndex
-from musecl_store.search import (
+from musecl_store.search.index import IndexOptions, RegionIndex
+from musecl_store.search.query import (
     Answer,
     Filters,
     Hit,
@@ -38,8 +37,9 @@ from musecl_store.search import (
     similar,
     similar_many,
 )
-from musecl_store.server import create_app
-from musecl_store.tables import Embedding, Region
+from musecl_store.server.app import create_app
+from musecl_store.store.engine import create_engine, transaction
+from musecl_store.store.tables import Embedding, Region
 
 pytestmark = pytest.mark.slow
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from sqlalchemy import select, text
 
-from musecl_store.db import create_engine, resolve_url, transaction
-from musecl_store.embeddings import load_embeddings, put_embeddings
-from musecl_store.ingest import ingest_bundle
+from musecl_store.ingest.apply import ingest_bundle
 from musecl_store.settings import Settings
-from musecl_store.tables import Embedding, ModelVersion, Region
+from musecl_store.store.engine import create_engine, resolve_url, transaction
+from musecl_store.store.tables import Embedding, ModelVersion, Region
+from musecl_store.store.vectors import load_embeddings, put_embeddings
 
 
 def test_resolve_url_paths_urls_and_default(
@@ -108,9 +108,9 @@ def test_images_are_refused_when_moved_or_changed(
 ) -> None:  # type: ignore[no-untyped-def]
     import shutil
 
+    from musecl_store.embedding.images import open_checked
     from musecl_store.errors import ImageChangedError
-    from musecl_store.images import open_checked
-    from musecl_store.tables import City, Image
+    from musecl_store.store.tables import City, Image
 
     bundle = tmp_path / "b"
     shutil.copytree(tiny_bundle, bundle)

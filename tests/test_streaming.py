@@ -19,13 +19,13 @@ from geoalchemy2.shape import to_shape
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
-from musecl_store import embeddings
-from musecl_store.db import create_engine, transaction
-from musecl_store.embeddings import iter_embeddings, load_embeddings, put_embeddings
-from musecl_store.export import export_city
-from musecl_store.index import IndexOptions, RegionIndex
-from musecl_store.ingest import ingest_bundle
-from musecl_store.tables import Embedding, ModelVersion, Region, Revision
+from musecl_store.exports.files import export_city
+from musecl_store.ingest.apply import ingest_bundle
+from musecl_store.search.index import IndexOptions, RegionIndex
+from musecl_store.store import vectors as embeddings
+from musecl_store.store.engine import create_engine, transaction
+from musecl_store.store.tables import Embedding, ModelVersion, Region, Revision
+from musecl_store.store.vectors import iter_embeddings, load_embeddings, put_embeddings
 
 CITY = "stream"
 SIDE = 16  # SIDE**2 regions
@@ -289,7 +289,7 @@ def test_points_are_located_batch_by_batch_as_in_the_whole_city(
     """A city of polygons (no H3 cells): regions stream in batches; a point on a shared border
     or corner still goes to the region with the smallest id, one outside to none."""
     from musecl_store import geo
-    from musecl_store.features import locate, lookup
+    from musecl_store.search.features import locate, lookup
 
     rng = np.random.default_rng(5)
     lon = np.concatenate(

@@ -332,7 +332,7 @@ class Driver:
 
 
 def _fused(store: Any, mv: int) -> tuple[list[str], np.ndarray]:
-    from musecl_store.embeddings import load_embeddings
+    from musecl_store.store.vectors import load_embeddings
 
     with store.session() as s:
         ids, mat = load_embeddings(s, mv, "fused")
@@ -342,7 +342,7 @@ def _fused(store: Any, mv: int) -> tuple[list[str], np.ndarray]:
 def _rows_per_region(store: Any, mv: int) -> dict[tuple[int, str], int]:
     from sqlalchemy import func, select
 
-    from musecl_store.tables import Embedding
+    from musecl_store.store.tables import Embedding
 
     with store.session() as s:
         return {
@@ -513,7 +513,7 @@ def test_readers_and_writers_at_once(backend, trained: str, demo_bundle: Path, t
     assert not problems, "\n".join(problems) + "\n" + details
 
     # ---- the store's invariants afterwards
-    from musecl_store.index import RegionIndex
+    from musecl_store.search.index import RegionIndex
 
     with musecl_store.open(url, index_dir=index_dir) as store:
         assert _rows_per_region(store, mv) == rows_before  # one per (region, version, kind)

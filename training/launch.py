@@ -35,7 +35,6 @@ class RankJob:
     """What every rank needs to train (picklable: ranks are started with ``spawn``)."""
 
     url: str
-    read_url: str | None
     settings: Settings
     city: str
     config: dict[str, Any]
@@ -50,7 +49,7 @@ def _rank_main(job: RankJob) -> Any:
     """One rank: open the store, train (rank 0 writes); returns the model version."""
     import torch
 
-    from musecl_store.api import Store
+    from musecl_store.store.schema import checked_engine
     from training.config import TrainConfig
     from training.trainer import train_city
 
@@ -63,10 +62,10 @@ def _rank_main(job: RankJob) -> Any:
         if stream is not None:
             print(msg, file=stream, flush=True)
 
-    store = Store(job.url, job.settings, read_url=job.read_url)
+    engine = checked_engine(job.url, job.settings)
     try:
         return train_city(
-            store.engine(),
+            engine,
             job.city,
             TrainConfig.from_dict(job.config),
             resume=job.resume,
@@ -75,7 +74,7 @@ def _rank_main(job: RankJob) -> Any:
             log=log,
         )
     finally:
-        store.close()
+        engine.dispose()
 
 
 def _described(failures: dict[int, Any]) -> str:

@@ -173,7 +173,7 @@ def profiles(
     go, where they come from) when ``use_od``. A region without trips has zeros there.
     ``profile``: the POI counts and the mobility features side by side.
     """
-    from musecl_store.nn.features import mobility_features, poi_count_features
+    from musecl_store.nn.counts import mobility_features, poi_count_features
 
     if which == "poi":
         vocab = sorted(set(poi_category))

@@ -33,9 +33,8 @@ from torch import nn
 
 import musecl_store
 from musecl_store import faults
-from musecl_store.bundle import digest
-from musecl_store.db import session_factory, transaction
-from musecl_store.embed import (
+from musecl_store.bundle.reader import digest
+from musecl_store.embedding.run import (
     CityData,
     Pixels,
     RegionEmbeddings,
@@ -53,7 +52,8 @@ from musecl_store.nn.model import MuseclNet
 from musecl_store.nn.resnet import ImageEncoder, load_backbone
 from musecl_store.nn.text import TextEncoder
 from musecl_store.progress import progress
-from musecl_store.tables import City, ModelVersion, Region, Revision, TextEmbedding
+from musecl_store.store.engine import session_factory, transaction
+from musecl_store.store.tables import City, ModelVersion, Region, Revision, TextEmbedding
 from training import similarity
 from training.config import TrainConfig
 from training.distributed import Parallel

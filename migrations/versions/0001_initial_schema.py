@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 from geoalchemy2 import Geometry
 
-from musecl_store.types import Vector
+from musecl_store.store.types import Vector
 
 revision = "0001"
 down_revision = None

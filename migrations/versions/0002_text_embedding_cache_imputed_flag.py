@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from musecl_store.types import Vector
+from musecl_store.store.types import Vector
 
 revision = "0002"
 down_revision = "0001"

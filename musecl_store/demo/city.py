@@ -25,9 +25,9 @@ from musecl_store import geo
 from musecl_store.demo import factors as F
 from musecl_store.demo import pois as P
 from musecl_store.demo import render
+from musecl_store.downstream.ridge import ridge_cv_r2
 from musecl_store.errors import InputError
 from musecl_store.progress import progress
-from musecl_store.regression import ridge_cv_r2
 
 CENTRE = (8.54, 47.37)  # lon, lat of the (fictional) city centre
 KM_PER_DEG_LAT = 110.574

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from musecl_store.errors import MuseclError
-from musecl_store.nn.features import MOBILITY_FEATURES
+from musecl_store.nn.counts import MOBILITY_FEATURES
 from musecl_store.nn.fusion import VISUAL, AttentiveFusion, ModalityFusion
 from musecl_store.nn.resnet import ImageEncoder
 

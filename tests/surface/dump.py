@@ -29,12 +29,14 @@ def _strip(doc: Any) -> Any:
 
 def openapi() -> dict[str, Any]:
     from musecl_store.api import open as open_store
-    from musecl_store.server import create_app
+    from musecl_store.server.app import create_app
 
-    with tempfile.TemporaryDirectory() as d:
-        with open_store(f"sqlite:///{d}/s.sqlite", index_dir=Path(d) / "ix") as s:
-            s.init()
-            doc = create_app(s).openapi()
+    with (
+        tempfile.TemporaryDirectory() as d,
+        open_store(f"sqlite:///{d}/s.sqlite", index_dir=Path(d) / "ix") as s,
+    ):
+        s.init()
+        doc = create_app(s).openapi()
     return dict(_strip(doc))
 
 

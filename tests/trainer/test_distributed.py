@@ -28,11 +28,11 @@ import torch.multiprocessing as mp
 from sqlalchemy import func, select
 
 import musecl_store
-from musecl_store.embeddings import load_embeddings
 from musecl_store.nn.model import MuseclNet
 from musecl_store.nn.resnet import ImageEncoder
-from musecl_store.summary import get_city
-from musecl_store.tables import Embedding, ModelVersion
+from musecl_store.store.cities import get_city
+from musecl_store.store.tables import Embedding, ModelVersion
+from musecl_store.store.vectors import load_embeddings
 from training.distributed import GlobalBatchNorm2d, Parallel
 from training.losses import pair_info_nce
 

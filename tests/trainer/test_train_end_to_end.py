@@ -14,11 +14,11 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from musecl_store.cli import main
-from musecl_store.db import transaction
-from musecl_store.embeddings import load_embeddings
-from musecl_store.evaluation import EMBEDDINGS, EvaluationError, evaluate_city
-from musecl_store.ingest import ingest_bundle
-from musecl_store.tables import Embedding, ModelVersion, Region
+from musecl_store.downstream.evaluation import EMBEDDINGS, EvaluationError, evaluate_city
+from musecl_store.ingest.apply import ingest_bundle
+from musecl_store.store.engine import transaction
+from musecl_store.store.tables import Embedding, ModelVersion, Region
+from musecl_store.store.vectors import load_embeddings
 from training.config import TrainConfig
 from training.trainer import Trainer, TrainingError, train_city
 
@@ -93,7 +93,7 @@ def test_every_region_gets_every_kind(engine, small_city: Path, tmp_path: Path) 
 def test_same_seed_same_embeddings_and_resume_finishes_the_job(
     backend, small_city: Path, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    from musecl_store.db import create_engine
+    from musecl_store.store.engine import create_engine
 
     def fresh() -> object:
         e = create_engine(backend.new_url())

@@ -21,13 +21,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import QueuePool
 
 from musecl_store.cli import main
-from musecl_store.db import create_engine, session_factory, transaction
-from musecl_store.embed import load_city_data, text_embeddings
-from musecl_store.embeddings import load_embeddings
-from musecl_store.ingest import ingest_bundle
+from musecl_store.embedding.run import load_city_data, text_embeddings
+from musecl_store.ingest.apply import ingest_bundle
 from musecl_store.nn.text import TextEncoder
-from musecl_store.summary import get_city
-from musecl_store.tables import ModelVersion, Region, TextEmbedding
+from musecl_store.store.cities import get_city
+from musecl_store.store.engine import create_engine, session_factory, transaction
+from musecl_store.store.tables import ModelVersion, Region, TextEmbedding
+from musecl_store.store.vectors import load_embeddings
 from tests.conftest import Backend
 from tests.trainer.test_train_end_to_end import FAST
 from training.config import TrainConfig

@@ -12,16 +12,16 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from musecl_store.db import open_engine, transaction
 from musecl_store.demo import make_demo_city
-from musecl_store.embed import embed_regions, load_city_data, region_inputs
-from musecl_store.evaluation import ridge_cv
-from musecl_store.ingest import ingest_bundle
+from musecl_store.downstream.evaluation import ridge_cv
+from musecl_store.downstream.ridge import kfold_indices, r2_score
+from musecl_store.embedding.run import embed_regions, load_city_data, region_inputs
+from musecl_store.ingest.apply import ingest_bundle
 from musecl_store.nn.model import MuseclNet
 from musecl_store.nn.text import TextEncoder
-from musecl_store.regression import kfold_indices, r2_score
-from musecl_store.schema import ensure_schema
-from musecl_store.tables import Indicator, ModelVersion, Region
+from musecl_store.store.engine import open_engine, transaction
+from musecl_store.store.schema import ensure_schema
+from musecl_store.store.tables import Indicator, ModelVersion, Region
 from training.config import TrainConfig
 from training.trainer import train_city
 

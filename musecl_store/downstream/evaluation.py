@@ -24,14 +24,14 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from musecl_store.embed import visual_fusion_vectors
-from musecl_store.embeddings import load_embeddings
+from musecl_store.downstream.ridge import kfold_indices, r2_score, ridge_fit_auto
+from musecl_store.embedding.run import visual_fusion_vectors
 from musecl_store.errors import MuseclError
 from musecl_store.nn.model import CheckpointError
 from musecl_store.progress import progress
-from musecl_store.regression import kfold_indices, r2_score, ridge_fit_auto
-from musecl_store.summary import get_city
-from musecl_store.tables import Indicator, Mobility, ModelVersion, Poi, Region
+from musecl_store.store.cities import get_city
+from musecl_store.store.tables import Indicator, Mobility, ModelVersion, Poi, Region
+from musecl_store.store.vectors import load_embeddings
 
 EMBEDDINGS = (
     "counts",

@@ -25,8 +25,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from musecl_store import dialect
-from musecl_store.tables import City, Embedding, ModelVersion, Region, RegionChange, Revision
+from musecl_store.store import dialect
+from musecl_store.store.tables import City, Embedding, ModelVersion, Region, RegionChange, Revision
 
 
 @dataclass
@@ -52,8 +52,9 @@ def _scalar(session: Session, stmt: Any) -> int:
     return int(session.scalar(stmt) or 0)
 
 
-def check_store(session: Session, index_dir: str | Path | None = None) -> CheckReport:
-    """Check the store's invariants in one read transaction (and the index cache, if given)."""
+def check_store(session: Session) -> CheckReport:
+    """Check the store's invariants in one read transaction (the FAISS cache's state is
+    added by :func:`musecl_store.search.index.check_cache`)."""
     report = CheckReport()
     _check_revisions(session, report)
     _check_cities(session, report)
@@ -61,8 +62,6 @@ def check_store(session: Session, index_dir: str | Path | None = None) -> CheckR
     _check_models(session, report)
     if dialect.name(session) == "sqlite":
         _check_sqlite(session, report)
-    if index_dir is not None:
-        _check_indexes(session, Path(index_dir), report)
     return report
 
 
@@ -227,43 +226,3 @@ def _check_sqlite(session: Session, report: CheckReport) -> None:
     fk = session.connection().exec_driver_sql("PRAGMA foreign_key_check").fetchall()
     if fk:
         report.errors.append(f"SQLite foreign_key_check: {len(fk)} row(s) point nowhere")
-
-
-def _check_indexes(session: Session, index_dir: Path, report: CheckReport) -> None:
-    from musecl_store.index import CURRENT, _db_state, read_pointer
-
-    if not index_dir.is_dir():
-        return
-    n = 0
-    for folder in sorted(index_dir.iterdir()):
-        if not folder.is_dir() or not folder.name.startswith("mv"):
-            continue
-        if ".tmp-" in folder.name or ".old-" in folder.name:
-            report.warnings.append(f"index cache: {folder} is left over by a killed save")
-            continue
-        n += 1
-        pointer = read_pointer(folder)
-        if pointer is None:
-            report.warnings.append(
-                f"index cache: {folder} has no readable {CURRENT} (rebuilt on use)"
-            )
-            continue
-        stamp, name = pointer
-        if not (folder / name).is_file():
-            report.warnings.append(f"index cache: {folder} names a missing file (rebuilt on use)")
-        if session.get(ModelVersion, stamp.model_version) is None:
-            report.warnings.append(f"index cache: {folder} is of a deleted model version")
-            continue
-        state = _db_state(session, stamp.model_version, stamp.kind)
-        if state != (stamp.revision, stamp.count):
-            report.warnings.append(
-                f"index cache: {folder} reflects revision {stamp.revision} ({stamp.count} rows), "
-                f"the database {state[0]} ({state[1]} rows): caught up on the next search"
-            )
-        leftovers = [p.name for p in folder.iterdir() if ".partial" in p.name]
-        if leftovers:
-            report.warnings.append(
-                f"index cache: {folder} holds {len(leftovers)} partial file(s) of a killed save "
-                "(swept by the next save)"
-            )
-    report.checked["indexes"] = n

@@ -19,17 +19,16 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from musecl_store import faults
-from musecl_store.bundle import digest
-from musecl_store.embeddings import load_embeddings_flags, put_embeddings
+from musecl_store.bundle.reader import digest
+from musecl_store.embedding.images import open_checked
 from musecl_store.errors import InputError
-from musecl_store.images import open_checked
-from musecl_store.nn.features import mobility_features, poi_count_features
+from musecl_store.nn.counts import mobility_features, poi_count_features
 from musecl_store.nn.fusion import BRANCHES, VISUAL
 from musecl_store.nn.model import MuseclNet
 from musecl_store.nn.text import TextEncoder, poi_sentence
 from musecl_store.progress import progress
-from musecl_store.summary import get_city
-from musecl_store.tables import (
+from musecl_store.store.cities import get_city
+from musecl_store.store.tables import (
     City,
     Embedding,
     Image,
@@ -41,6 +40,7 @@ from musecl_store.tables import (
     Revision,
     TextEmbedding,
 )
+from musecl_store.store.vectors import load_embeddings_flags, put_embeddings
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Opening the store: a URL or file path becomes an engine for PostGIS or SpatiaLite.
 
 Everything dialect-specific about *connecting* lives here; SQL-level differences live in
-:mod:`musecl_store.dialect`.
+:mod:`musecl_store.store.dialect`.
 """
 
 from __future__ import annotations

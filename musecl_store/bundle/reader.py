@@ -2,8 +2,8 @@
 
 Reading touches no database. Fatal defects (a missing required file or column, bad regions,
 an unknown or wrong CRS) raise :class:`~musecl_store.errors.BundleError` before anything is
-written; row-level defects are skipped and recorded in the :class:`~musecl_store.report.Report`
-with file, line and reason.
+written; row-level defects are skipped and recorded in the
+:class:`~musecl_store.bundle.report.Report` with file, line and reason.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from pyproj import CRS
 from shapely.geometry import MultiPolygon
 
 from musecl_store import geo
+from musecl_store.bundle.report import MAX_LISTED, Report
 from musecl_store.errors import BundleError, BundleNotFoundError
 from musecl_store.progress import progress
-from musecl_store.report import MAX_LISTED, Report
 
 CITY = "city.json"
 REGIONS = "regions.geojson"

@@ -11,8 +11,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from musecl_store.errors import MuseclError
-from musecl_store.summary import get_city
-from musecl_store.tables import City, Embedding, ModelVersion, Region
+from musecl_store.store.cities import get_city
+from musecl_store.store.tables import City, Embedding, ModelVersion, Region
 
 
 class ModelVersionError(MuseclError, ValueError):

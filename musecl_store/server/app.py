@@ -31,12 +31,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from musecl_store import __version__
 from musecl_store.api import KINDS, Store
 from musecl_store.errors import InputError, MuseclError
+from musecl_store.exports.maps import MapError
 from musecl_store.geo import coordinates
-from musecl_store.maps import MapError
 
 log = logging.getLogger("musecl.server")
 
-STATIC = Path(__file__).parent / "static"
+STATIC = Path(__file__).parent.parent / "static"
 MAX_K = 1000
 MAX_IDS = 10_000
 MAX_BODY = 2_000_000  # bytes

@@ -34,10 +34,13 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from musecl_store import dialect, embeddings, faults
+from musecl_store import faults
 from musecl_store.errors import MuseclError
-from musecl_store.summary import store_revision
-from musecl_store.tables import EMBEDDING_KINDS, Embedding, ModelVersion
+from musecl_store.store import dialect
+from musecl_store.store import vectors as embeddings
+from musecl_store.store.check import CheckReport
+from musecl_store.store.cities import store_revision
+from musecl_store.store.tables import EMBEDDING_KINDS, Embedding, ModelVersion
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 # FAISS scores a batch of queries with BLAS (one matrix product) only above this many queries
@@ -104,7 +107,7 @@ def _iter_rows(
     session: Session, model_version: int, kind: str, min_revision: int | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(region pks, normalised float32 vectors) of a model version and kind, in region pk
-    order, from one query, in batches of :data:`~musecl_store.embeddings.CHUNK_ROWS` rows."""
+    order, from one query, in batches of :data:`~musecl_store.store.vectors.CHUNK_ROWS` rows."""
     name = dialect.name(session)
     version: Any = Embedding.model_version_id
     if min_revision is None and name == "sqlite":
@@ -512,3 +515,44 @@ class RegionIndex:
             "caught_up": self.caught_up,
             "rebuilt": self.rebuilt,
         }
+
+
+def check_cache(session: Session, index_dir: str | Path, report: CheckReport) -> None:
+    """Add the index caches' state under ``index_dir`` to a store check's ``report``: stale,
+    unreadable or left over by a killed save (warnings: the next search repairs them)."""
+    index_dir = Path(index_dir)
+    if not index_dir.is_dir():
+        return
+    n = 0
+    for folder in sorted(index_dir.iterdir()):
+        if not folder.is_dir() or not folder.name.startswith("mv"):
+            continue
+        if ".tmp-" in folder.name or ".old-" in folder.name:
+            report.warnings.append(f"index cache: {folder} is left over by a killed save")
+            continue
+        n += 1
+        pointer = read_pointer(folder)
+        if pointer is None:
+            report.warnings.append(
+                f"index cache: {folder} has no readable {CURRENT} (rebuilt on use)"
+            )
+            continue
+        stamp, name = pointer
+        if not (folder / name).is_file():
+            report.warnings.append(f"index cache: {folder} names a missing file (rebuilt on use)")
+        if session.get(ModelVersion, stamp.model_version) is None:
+            report.warnings.append(f"index cache: {folder} is of a deleted model version")
+            continue
+        state = _db_state(session, stamp.model_version, stamp.kind)
+        if state != (stamp.revision, stamp.count):
+            report.warnings.append(
+                f"index cache: {folder} reflects revision {stamp.revision} ({stamp.count} rows), "
+                f"the database {state[0]} ({state[1]} rows): caught up on the next search"
+            )
+        leftovers = [p.name for p in folder.iterdir() if ".partial" in p.name]
+        if leftovers:
+            report.warnings.append(
+                f"index cache: {folder} holds {len(leftovers)} partial file(s) of a killed save "
+                "(swept by the next save)"
+            )
+    report.checked["indexes"] = n

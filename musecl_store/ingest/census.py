@@ -21,10 +21,10 @@ from typing import Any
 from sqlalchemy import Float, cast, delete, func, insert, select
 from sqlalchemy.orm import Session
 
-from musecl_store import dialect
 from musecl_store.errors import MuseclError
-from musecl_store.summary import get_city
-from musecl_store.tables import CensusFeature, CensusLayer, Indicator, Region, Revision
+from musecl_store.store import dialect
+from musecl_store.store.cities import get_city
+from musecl_store.store.tables import CensusFeature, CensusLayer, Indicator, Region, Revision
 
 EQUAL_AREA_SRID = 6933
 

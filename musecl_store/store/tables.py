@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from musecl_store.types import Vector
+from musecl_store.store.types import Vector
 
 MODALITIES = ("geometry", "poi", "remote", "street", "mobility", "indicators")
 """What a region's content hashes cover; the change log names the modalities that changed."""

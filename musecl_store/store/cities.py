@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from musecl_store.errors import CityNotFoundError
-from musecl_store.tables import (
+from musecl_store.store.tables import (
     CensusFeature,
     CensusLayer,
     City,

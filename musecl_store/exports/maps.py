@@ -16,11 +16,11 @@ from PIL import Image, ImageDraw, ImageFont
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from musecl_store.embeddings import load_embeddings
 from musecl_store.errors import MuseclError
-from musecl_store.models import active_model_version
-from musecl_store.summary import get_city
-from musecl_store.tables import Indicator, Prediction, Region
+from musecl_store.store.cities import get_city
+from musecl_store.store.tables import Indicator, Prediction, Region
+from musecl_store.store.vectors import load_embeddings
+from musecl_store.store.versions import active_model_version
 
 # A few stops of viridis (public domain colour map): low = dark purple, high = yellow.
 _RAMP = np.array(

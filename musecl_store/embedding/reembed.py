@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from musecl_store import faults
-from musecl_store.embed import (
+from musecl_store.embedding.run import (
     CityData,
     ImageSet,
     RegionInputs,
@@ -40,11 +40,11 @@ from musecl_store.embed import (
     write_region_embeddings,
 )
 from musecl_store.errors import MuseclError
-from musecl_store.models import active_model_version
 from musecl_store.nn.fusion import VISUAL
 from musecl_store.nn.model import MuseclNet
 from musecl_store.nn.text import TextEncoder
-from musecl_store.tables import Embedding, ModelVersion, Region, RegionChange, Revision
+from musecl_store.store.tables import Embedding, ModelVersion, Region, RegionChange, Revision
+from musecl_store.store.versions import active_model_version
 
 EMBEDDED = ("remote", "street", "poi", "mobility")
 """The modalities whose change means re-embedding a region."""
@@ -174,7 +174,7 @@ def reembed(
 ) -> ReembedResult:
     """Recompute the embeddings of changed regions (see the module docstring); the caller
     commits. Returns what was recomputed and the old fused vectors (for the drift report)."""
-    from musecl_store.summary import get_city
+    from musecl_store.store.cities import get_city
 
     get_city(session, city)
     mv = model_version if model_version is not None else active_model_version(session, city)
@@ -342,8 +342,8 @@ def reembed_and_report(
     """The whole ``musecl reembed``: re-embed in one transaction, commit, then update the
     FAISS index in place and build the drift report. A crash before the commit leaves the old
     embeddings; a crash after it leaves an index that the next open catches up."""
-    from musecl_store.db import transaction
-    from musecl_store.index import RegionIndex
+    from musecl_store.search.index import RegionIndex
+    from musecl_store.store.engine import transaction
 
     with transaction(engine, write=True) as session:
         mv = model_version if model_version is not None else active_model_version(session, city)

@@ -8,12 +8,15 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, make_url
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError
 
-from musecl_store.errors import SchemaError
+from musecl_store.errors import SchemaError, SetupError
+from musecl_store.settings import Settings
+from musecl_store.store.engine import create_engine
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parent.parent  # musecl_store/
 
 
 def migrations_dir() -> Path:
@@ -77,3 +80,28 @@ def ensure_schema(engine: Engine, *, create: bool = True) -> None:
         f"{url} is at schema revision {current}, this code needs {head_revision()}; "
         "run `musecl db init` to upgrade it"
     )
+
+
+def checked_engine(url: str, settings: Settings, *, create: bool = False) -> Engine:
+    """An engine on ``url`` whose schema is at the head migration (``create``: migrate a
+    database with none of our tables).
+
+    Raises:
+        SetupError: a SpatiaLite path to a file that is not a database.
+        SchemaError: as :func:`ensure_schema`.
+    """
+    engine = create_engine(url, settings)
+    try:
+        ensure_schema(engine, create=create)
+    except DatabaseError as exc:
+        engine.dispose()
+        if "not a database" in str(exc.orig):  # a SpatiaLite path to another file
+            raise SetupError(
+                f"{make_url(url).database} is not a musecl store (SQLite: {exc.orig}); "
+                "check --db"
+            ) from exc
+        raise
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine

@@ -28,13 +28,14 @@ from shapely.geometry.base import BaseGeometry
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from musecl_store import dialect, geo
+from musecl_store import geo
 from musecl_store.errors import MuseclError
-from musecl_store.features import locate
-from musecl_store.index import RegionIndex
 from musecl_store.progress import progress
-from musecl_store.summary import get_city
-from musecl_store.tables import City, Embedding, Region
+from musecl_store.search.features import locate
+from musecl_store.search.index import RegionIndex
+from musecl_store.store import dialect
+from musecl_store.store.cities import get_city
+from musecl_store.store.tables import City, Embedding, Region
 
 _GEOD = Geod(ellps="WGS84")
 
@@ -675,7 +676,7 @@ def _find_points(
     errors: list[str | None],
 ) -> None:
     """The region containing each point, as :func:`region_at` finds it. In a city, all points
-    at once (:func:`musecl_store.features.locate`: H3 cells by id, other polygons through an
+    at once (:func:`musecl_store.search.features.locate`: H3 cells by id, other polygons through an
     STR-tree); a point that is not strictly inside the region found (on a border, or outside
     the cell's polygon) is looked up with ``region_at``, whose answer is the reference."""
     at: list[tuple[int, float, float]] = []

@@ -17,14 +17,21 @@ import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from musecl_store.bundle import digest
-from musecl_store.embeddings import load_embeddings
+from musecl_store.bundle.reader import digest
+from musecl_store.downstream.evaluation import EvalConfig, MLPFit, holdout_masks, score, train_mlps
+from musecl_store.downstream.ridge import ridge_fit_auto
 from musecl_store.errors import MuseclError
-from musecl_store.evaluation import EvalConfig, MLPFit, holdout_masks, score, train_mlps
-from musecl_store.models import active_model_version
-from musecl_store.regression import ridge_fit_auto
-from musecl_store.summary import get_city
-from musecl_store.tables import Indicator, ModelVersion, Prediction, Region, Regressor, Revision
+from musecl_store.store.cities import get_city
+from musecl_store.store.tables import (
+    Indicator,
+    ModelVersion,
+    Prediction,
+    Region,
+    Regressor,
+    Revision,
+)
+from musecl_store.store.vectors import load_embeddings
+from musecl_store.store.versions import active_model_version
 
 HEADS = ("mlp", "ridge")
 

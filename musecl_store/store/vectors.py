@@ -17,9 +17,9 @@ import shapely
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from musecl_store import dialect
 from musecl_store.errors import InputError
-from musecl_store.tables import EMBEDDING_KINDS, Embedding, Region
+from musecl_store.store import dialect
+from musecl_store.store.tables import EMBEDDING_KINDS, Embedding, Region
 
 
 def _check_kind(kind: str) -> None:

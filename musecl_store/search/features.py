@@ -12,12 +12,14 @@ import shapely
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from musecl_store import dialect, embeddings, geo
-from musecl_store.embeddings import load_embeddings
+from musecl_store import geo
 from musecl_store.errors import MuseclError
-from musecl_store.models import active_model_version
-from musecl_store.summary import get_city
-from musecl_store.tables import Embedding, Region
+from musecl_store.store import dialect
+from musecl_store.store import vectors as embeddings
+from musecl_store.store.cities import get_city
+from musecl_store.store.tables import Embedding, Region
+from musecl_store.store.vectors import load_embeddings
+from musecl_store.store.versions import active_model_version
 
 
 class FeatureError(MuseclError, LookupError):
@@ -129,7 +131,7 @@ def locate(session: Session, city_id: int, lon: np.ndarray, lat: np.ndarray) -> 
 
     A city of H3 cells is looked up by cell id, in chunks through an index: memory and time
     follow the number of points. Other polygons stream by region id in batches of
-    :data:`~musecl_store.embeddings.CHUNK_ROWS`, each through an STR-tree, until every point
+    :data:`~musecl_store.store.vectors.CHUNK_ROWS`, each through an STR-tree, until every point
     is found: time follows the city, memory the batch. A point on a shared border goes to
     the region with the smallest id (the first batch and the first region that holds it)."""
     with_cell = session.execute(

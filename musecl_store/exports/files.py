@@ -23,10 +23,10 @@ import shapely
 from pyproj import CRS
 from sqlalchemy.orm import Session
 
-from musecl_store.embeddings import EmbeddingChunk, iter_embeddings
 from musecl_store.errors import MuseclError
-from musecl_store.models import active_model_version
-from musecl_store.summary import get_city
+from musecl_store.store.cities import get_city
+from musecl_store.store.vectors import EmbeddingChunk, iter_embeddings
+from musecl_store.store.versions import active_model_version
 
 FORMATS = ("csv", "geojson", "parquet")
 
@@ -60,7 +60,7 @@ def export_city(
     """Write one city's embeddings of one kind to ``out`` in ``fmt``.
 
     The rows stream from the database in batches of
-    :data:`~musecl_store.embeddings.CHUNK_ROWS` regions and are written as they come:
+    :data:`~musecl_store.store.vectors.CHUNK_ROWS` regions and are written as they come:
     memory follows the batch, not the city.
 
     Raises:

@@ -21,9 +21,9 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from musecl_store import __version__
 from musecl_store.api import Store, read_points_csv
-from musecl_store.db import resolve_url
 from musecl_store.errors import MuseclError
 from musecl_store.settings import Settings, lock_timeout
+from musecl_store.store.engine import resolve_url
 
 BUG_EXIT = 2
 
@@ -500,7 +500,7 @@ def evaluate(
     records are saved into the model version's metrics. A progress bar goes to stderr (on a
     terminal).
     """
-    from musecl_store.evaluation import markdown_table
+    from musecl_store.downstream.evaluation import markdown_table
 
     records = store.evaluate(
         city,
@@ -1370,7 +1370,7 @@ def serve(
     """
     import uvicorn
 
-    from musecl_store.server import create_app
+    from musecl_store.server.app import create_app
 
     if allow_writes and not api_key:
         raise click.UsageError("--allow-writes needs --api-key (or MUSECL_API_KEY)")

@@ -1,0 +1,5 @@
+"""``python -m musecl_store.cli``: the ``musecl`` command."""
+
+from musecl_store.cli.commands import main
+
+main()
