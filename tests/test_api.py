@@ -13,8 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 import musecl_store
-from musecl_store.api import InputError, StoreNotFoundError, read_points_csv
+from musecl_store.api import InputError, StoreNotFoundError
 from musecl_store.cli import main
+from musecl_store.cli.csvfiles import read_points_csv
 from musecl_store.nn.fusion import BRANCHES
 
 ROOT = Path(__file__).resolve().parent.parent

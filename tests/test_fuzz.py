@@ -10,7 +10,7 @@ The properties:
   store can hold: no NUL or lone surrogate in stored text, names within the column limits,
   finite JSON, and no image file outside the bundle (a symbolic link that leaves the bundle
   is refused like a ``..`` path).
-* ``search.parse_polygon``, ``geo.coordinates``, ``api.read_points_csv``,
+* ``search.parse_polygon``, ``geo.coordinates``, ``cli.csvfiles.read_points_csv``,
   ``TrainConfig.from_dict`` / ``from_file``, ``search.Query`` vectors and
   ``Store.similar(vector=...)`` give a valid result or raise a ``MuseclError`` that is a
   ``ValueError``, with a one-line message naming the argument, file or line.
@@ -75,10 +75,10 @@ from sqlalchemy import select
 
 import musecl_store
 from musecl_store import geo
-from musecl_store.api import read_points_csv
 from musecl_store.bundle import reader as bundle_module
 from musecl_store.bundle.reader import MAX_CRS_NAME, MAX_NAME, MAX_REGION_ID, Bundle, read_bundle
 from musecl_store.cli import main
+from musecl_store.cli.csvfiles import read_points_csv
 from musecl_store.errors import BundleError, MuseclError
 from musecl_store.search.query import Query, SearchError, parse_polygon, query_vector
 from tests.conftest import BUNDLES

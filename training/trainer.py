@@ -33,7 +33,6 @@ from torch import nn
 
 import musecl_store
 from musecl_store import faults
-from musecl_store.bundle.reader import digest
 from musecl_store.embedding.run import (
     CityData,
     Pixels,
@@ -47,6 +46,7 @@ from musecl_store.embedding.run import (
     write_region_embeddings,
 )
 from musecl_store.errors import MuseclError
+from musecl_store.hashing import digest
 from musecl_store.nn.fusion import VISUAL, AttentiveFusion, ModalityFusion
 from musecl_store.nn.model import MuseclNet
 from musecl_store.nn.resnet import ImageEncoder, load_backbone

@@ -29,7 +29,9 @@ from shapely.geometry import MultiPolygon
 from musecl_store import geo
 from musecl_store.bundle.report import MAX_LISTED, Report
 from musecl_store.errors import BundleError, BundleNotFoundError
+from musecl_store.hashing import digest, digest_bytes
 from musecl_store.progress import progress
+from musecl_store.text import bad_char
 
 CITY = "city.json"
 REGIONS = "regions.geojson"
@@ -47,11 +49,6 @@ MAX_CRS_NAME = 64  # the store's limit on a CRS name; a longer one is stored as 
 MAX_H3_CELLS = 1_000_000  # a boundary tiled into more cells than this is refused
 _CHUNK = 100_000
 _WRONG_CRS_SHARE = 0.5  # more than this share of a file's points off the globe: the CRS is wrong
-
-
-def digest(*parts: Any) -> str:
-    """A short, stable content hash of some values (hex, 32 chars)."""
-    return digest_bytes(*parts).hex()
 
 
 @dataclass(frozen=True)
@@ -170,15 +167,6 @@ def _concat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0, dtype)
 
 
-def digest_bytes(*parts: Any) -> bytes:
-    """:func:`digest` as raw bytes."""
-    h = hashlib.blake2b(digest_size=16)
-    for p in parts:
-        h.update(repr(p).encode())
-        h.update(b"\x1f")
-    return h.digest()
-
-
 @dataclass(frozen=True)
 class ImageRecord:
     line: int
@@ -274,19 +262,6 @@ class Bundle:
 
 # ---------------------------------------------------------------------------- helpers
 
-# Text that no store can hold: PostgreSQL refuses NUL in text and JSON, and a lone UTF-16
-# surrogate (which JSON's \\uXXXX escapes can make) cannot be encoded as UTF-8.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def _bad_char(text: str) -> str | None:
-    """What makes ``text`` unstorable (a NUL, a lone surrogate), or None."""
-    m = _UNSTORABLE.search(text)
-    if m is None:
-        return None
-    return "a NUL character" if m.group() == "\x00" else f"a lone surrogate {m.group()!r}"
-
-
 def _unstorable(value: Any) -> str | None:
     """Where a JSON value holds text the store cannot hold (in a key or a string), as
     ``"<path> holds <what>"``, or None."""
@@ -294,12 +269,12 @@ def _unstorable(value: Any) -> str | None:
     while stack:
         at, v = stack.pop()
         if isinstance(v, str):
-            bad = _bad_char(v)
+            bad = bad_char(v)
             if bad:
                 return f"{at or 'the value'} holds {bad}"
         elif isinstance(v, dict):
             for k, x in v.items():
-                bad = _bad_char(str(k))
+                bad = bad_char(str(k))
                 if bad:
                     return f"a key in {at or 'the object'} holds {bad}"
                 stack.append((f"{at}.{k}" if at else str(k), x))
@@ -864,7 +839,7 @@ def _region_polygons(
                 kind="numeric region_id",
             )
         rid = str(rid).strip()
-        bad_text = _bad_char(rid)
+        bad_text = bad_char(rid)
         if bad_text:
             raise BundleError(
                 f"region_id {geo.short(rid)} holds {bad_text}, which the store cannot hold",
@@ -1322,7 +1297,7 @@ def read_census(root: Path, crs: CRS, report: Report) -> list[CensusLayerRecord]
     layers: list[CensusLayerRecord] = []
     for path in sorted(folder.glob("*.geojson")):
         name = f"{CENSUS_DIR}/{path.name}"
-        bad = _bad_char(path.stem)  # a file name that is not UTF-8 decodes to surrogates
+        bad = bad_char(path.stem)  # a file name that is not UTF-8 decodes to surrogates
         if bad or len(path.stem) > MAX_NAME:
             what = f"holds {bad}" if bad else f"is longer than {MAX_NAME} characters"
             report.skip(name, None, f"the layer name {what}; not stored", kind="bad layer name")

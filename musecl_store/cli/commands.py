@@ -20,7 +20,8 @@ import numpy as np
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from musecl_store import __version__
-from musecl_store.api import Store, read_points_csv
+from musecl_store.api import Store
+from musecl_store.cli.csvfiles import read_points_csv, read_queries_csv
 from musecl_store.errors import MuseclError
 from musecl_store.settings import Settings, lock_timeout
 from musecl_store.store.engine import resolve_url
@@ -778,8 +779,6 @@ def similar_many(
     passes the filters for gets no line. JSON: a list of {"query", "hits", "error"}, hits
     as in `musecl similar --json`.
     """
-    from musecl_store.api import read_queries_csv
-
     ids, points = read_queries_csv(queries)
     keywords = _search_keywords(bbox, near, same_city, other_cities, **options)
     if as_json:

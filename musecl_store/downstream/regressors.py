@@ -17,10 +17,10 @@ import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from musecl_store.bundle.reader import digest
 from musecl_store.downstream.evaluation import EvalConfig, MLPFit, holdout_masks, score, train_mlps
 from musecl_store.downstream.ridge import ridge_fit_auto
 from musecl_store.errors import MuseclError
+from musecl_store.hashing import digest
 from musecl_store.store.cities import get_city
 from musecl_store.store.tables import (
     Indicator,

@@ -19,9 +19,9 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from musecl_store import faults
-from musecl_store.bundle.reader import digest
 from musecl_store.embedding.images import open_checked
 from musecl_store.errors import InputError
+from musecl_store.hashing import digest
 from musecl_store.nn.counts import mobility_features, poi_count_features
 from musecl_store.nn.fusion import BRANCHES, VISUAL
 from musecl_store.nn.model import MuseclNet

@@ -20,8 +20,9 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from musecl_store import faults, geo
-from musecl_store.bundle.reader import Bundle, digest, digest_bytes, read_bundle
+from musecl_store.bundle.reader import Bundle, read_bundle
 from musecl_store.bundle.report import Report
+from musecl_store.hashing import digest, digest_bytes
 from musecl_store.store.tables import (
     Base,
     CensusFeature,

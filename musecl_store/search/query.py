@@ -14,7 +14,6 @@ are many, the index is searched with a growing over-fetch until k candidates pas
 from __future__ import annotations
 
 import json
-import re
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from musecl_store.search.index import RegionIndex
 from musecl_store.store import dialect
 from musecl_store.store.cities import get_city
 from musecl_store.store.tables import City, Embedding, Region
+from musecl_store.text import storable
 
 _GEOD = Geod(ellps="WGS84")
 
@@ -451,7 +451,6 @@ def similar(
 
 _BLOCK = 4096  # queries ranked together: one index search (per fetch size) per block
 _SCORES = 8_000_000  # scores one batched matrix product may hold at once (32 MB of float32)
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # text no store holds (PostgreSQL refuses it)
 
 
 @dataclass
@@ -649,7 +648,7 @@ def _find_regions(
 ) -> None:
     """The pks of region ids of ``city`` (chunked IN lists); an error for those it lacks."""
     c = get_city(session, city)
-    wanted = sorted({r for r in items if isinstance(r, str) and not _UNSTORABLE.search(r)})
+    wanted = sorted({r for r in items if isinstance(r, str) and storable(r)})
     pk_of: dict[str, int] = {}
     for chunk in _chunks(wanted):
         rows = session.execute(
