@@ -118,22 +118,6 @@ def _writing(out: str | Path) -> Iterator[None]:
         raise InputError(f"{out}: cannot write ({exc.strerror or exc})") from exc
 
 
-def _filters(query: SearchOptions) -> Any:
-    """The :class:`~musecl_store.search.query.Filters` of a search's keywords (each value checked,
-    a bad one raising a SearchError that names it)."""
-    from musecl_store.search.query import Filters, parse_polygon
-
-    polygon = query.get("polygon")
-    return Filters(
-        bbox=query.get("bbox"),  # type: ignore[arg-type]
-        polygon=parse_polygon(polygon) if isinstance(polygon, str) else polygon,
-        near=query.get("near"),  # type: ignore[arg-type]
-        same_city=query.get("same_city", False),
-        other_cities=query.get("other_cities", False),
-        exclude_adjacent=query.get("exclude_adjacent", False),
-    )
-
-
 def _hits_frame(
     rows: Sequence[tuple[str | int | None, Hit | None, str | None]],
     geometry: bool,
@@ -562,9 +546,10 @@ class Store:
 
     def search(self, city: str, region: str | None = None, **query: Unpack[Search]) -> list[Hit]:
         """Like :meth:`similar`, as a list of :class:`~musecl_store.search.query.Hit` records."""
+        from musecl_store.search.filters import filters_from
         from musecl_store.search.query import Query, similar
 
-        filters = _filters(query)  # Filters and Query check every value, naming the argument
+        filters = filters_from(query)  # Filters and Query check every value, naming it
         point, vector = query.get("point"), query.get("vector")
         where = Query(
             city=city,
@@ -622,9 +607,10 @@ class Store:
     ) -> list[Answer]:
         """Like :meth:`similar_many`, as one :class:`~musecl_store.search.query.Answer` (query,
         hits, error) per query."""
+        from musecl_store.search.filters import filters_from
         from musecl_store.search.query import Queries, similar_many
 
-        filters = _filters(query)
+        filters = filters_from(query)
         queries = Queries(city=city, region_ids=regions, points=points, vectors=vectors)
         return self._searched(
             similar_many, city, queries, filters, query, show_progress=show_progress

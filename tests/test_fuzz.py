@@ -80,7 +80,8 @@ from musecl_store.bundle.reader import MAX_CRS_NAME, MAX_NAME, MAX_REGION_ID, Bu
 from musecl_store.cli import main
 from musecl_store.cli.csvfiles import read_points_csv
 from musecl_store.errors import BundleError, MuseclError
-from musecl_store.search.query import Query, SearchError, parse_polygon, query_vector
+from musecl_store.search.filters import SearchError, parse_polygon
+from musecl_store.search.query import Query, query_vector
 from tests.conftest import BUNDLES
 from training.config import ConfigError, TrainConfig
 

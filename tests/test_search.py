@@ -18,8 +18,9 @@ from sqlalchemy import delete, func, select, update
 from musecl_store.cli import main
 from musecl_store.nn.fusion import BRANCHES
 from musecl_store.search.features import FeatureError, lookup
+from musecl_store.search.filters import Filters, SearchError, parse_polygon
 from musecl_store.search.index import RegionIndex
-from musecl_store.search.query import Filters, Query, SearchError, parse_polygon, region_at, similar
+from musecl_store.search.query import Query, region_at, similar
 from musecl_store.store.engine import create_engine, transaction
 from musecl_store.store.tables import Embedding, Region
 from musecl_store.store.vectors import load_embeddings

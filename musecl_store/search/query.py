@@ -28,9 +28,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from musecl_store import geo
-from musecl_store.errors import MuseclError
 from musecl_store.progress import progress
 from musecl_store.search.features import locate
+from musecl_store.search.filters import Filters, SearchError, numbers
 from musecl_store.search.index import RegionIndex
 from musecl_store.store import dialect
 from musecl_store.store.cities import get_city
@@ -38,109 +38,6 @@ from musecl_store.store.tables import City, Embedding, Region
 from musecl_store.text import storable
 
 _GEOD = Geod(ellps="WGS84")
-
-
-class SearchError(MuseclError, ValueError):
-    """A query that cannot be answered as asked (the message says why)."""
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Which regions may be answers. All given conditions must hold."""
-
-    bbox: tuple[float, float, float, float] | None = None
-    polygon: BaseGeometry | None = None
-    near: tuple[float, float, float] | None = None  # lon, lat, km
-    same_city: bool = False
-    other_cities: bool = False
-    exclude_adjacent: bool = False
-    include_self: bool = False
-
-    def __post_init__(self) -> None:
-        if self.same_city and self.other_cities:
-            raise SearchError("same_city and other_cities exclude each other; pick one")
-        if self.bbox is not None:
-            bbox = _numbers(self.bbox, "MINLON,MINLAT,MAXLON,MAXLAT", "bbox")
-            minx, miny, maxx, maxy = bbox
-            if not (minx < maxx and miny < maxy):
-                raise SearchError(
-                    f"bbox must be MINLON,MINLAT,MAXLON,MAXLAT with MIN < MAX, got {bbox}"
-                )
-            object.__setattr__(self, "bbox", bbox)
-        if self.near is not None:
-            object.__setattr__(self, "near", _numbers(self.near, "LON,LAT,KM", "near"))
-        if self.polygon is not None:
-            if not isinstance(self.polygon, BaseGeometry):
-                raise SearchError(
-                    f"the filter polygon must be a shapely geometry, WKT or GeoJSON, not "
-                    f"{geo.short(self.polygon)}"
-                )
-            _check_polygon(self.polygon)
-
-    @property
-    def spatial(self) -> bool:
-        return self.bbox is not None or self.polygon is not None or self.near is not None
-
-
-def _numbers(value: Any, names: str, what: str) -> tuple[float, ...]:
-    """``geo.coordinates`` of a filter's numbers, failing as a SearchError naming the filter."""
-    try:
-        return geo.coordinates(value, names)
-    except ValueError as exc:
-        raise SearchError(f"{what}: {exc}") from exc
-
-
-def _check_polygon(geom: BaseGeometry) -> None:
-    """A filter polygon must be a non-empty (Multi)Polygon with lon/lat coordinates."""
-    if geom.geom_type not in ("Polygon", "MultiPolygon"):
-        raise SearchError(f"the filter polygon must be a Polygon, not {geom.geom_type}")
-    if geom.is_empty:
-        raise SearchError("the filter polygon is empty")
-    xy = shapely.get_coordinates(geom)
-    if not geo.lonlat_ok(xy[:, 0], xy[:, 1]).all():
-        raise SearchError(
-            "the filter polygon's coordinates must be longitude/latitude (finite, "
-            "-180..180, -90..90)"
-        )
-    if not geom.area > 0:
-        raise SearchError("the filter polygon has no area")
-
-
-def parse_polygon(text: str) -> BaseGeometry:
-    """A polygon from WKT or GeoJSON text; raises SearchError naming the problem.
-
-    An invalid polygon (a bow-tie) is repaired with ``make_valid``; the result must be a
-    non-empty Polygon or MultiPolygon in lon/lat."""
-    if not isinstance(text, str):
-        raise SearchError(f"the polygon must be WKT or GeoJSON text, not {geo.short(text)}")
-    text = text.strip()
-    try:
-        if text.startswith("{"):
-            obj = json.loads(text)
-            if isinstance(obj, dict) and obj.get("type") == "Feature":
-                obj = obj.get("geometry")
-            geom = geo.geojson_geometry(obj)
-        else:
-            with np.errstate(all="ignore"):  # "1e400" or "nan" in WKT: refused below, quietly
-                geom = shapely.from_wkt(text)
-    except Exception as exc:  # shapely, json and GEOS raise many types
-        why = " ".join(str(exc).split())  # one line: GEOS quotes the input back
-        why = why if len(why) <= 160 else f"{why[:157]}..."
-        raise SearchError(f"cannot read the polygon ({why}); give WKT or GeoJSON") from exc
-    if geom is None:
-        raise SearchError("cannot read the polygon (no geometry); give WKT or GeoJSON")
-    if geom.geom_type not in ("Polygon", "MultiPolygon"):
-        raise SearchError(f"the filter polygon must be a Polygon, not {geom.geom_type}")
-    xy = shapely.get_coordinates(geom)
-    if not geo.lonlat_ok(xy[:, 0], xy[:, 1]).all():
-        _check_polygon(geom)  # says why
-    if not geom.is_valid:
-        try:
-            geom = geo.polygonal(shapely.make_valid(geom))
-        except shapely.errors.GEOSException as exc:
-            raise SearchError(f"cannot repair the polygon ({exc})") from exc
-    _check_polygon(geom)
-    return geom
 
 
 @dataclass
@@ -191,7 +88,7 @@ class Query:
         if self.vector is not None:
             self.vector = query_vector(self.vector)
         if self.point is not None:
-            lon, lat = _numbers(self.point, "LON,LAT", "point")
+            lon, lat = numbers(self.point, "LON,LAT", "point")
             self.point = (lon, lat)
         if self.region_id is not None and not isinstance(self.region_id, str):
             raise SearchError(f"a region id is a string, not {geo.short(self.region_id)}")
@@ -681,7 +578,7 @@ def _find_points(
     at: list[tuple[int, float, float]] = []
     for i, item in enumerate(items):
         try:
-            lon, lat = _numbers(item, "LON,LAT", "point")
+            lon, lat = numbers(item, "LON,LAT", "point")
         except SearchError as exc:
             errors[i] = str(exc)
             continue
