@@ -29,6 +29,7 @@ from musecl_store.errors import InputError, MuseclError
 from musecl_store.settings import Settings
 from musecl_store.store import schema
 from musecl_store.store.engine import create_engine, resolve_url, transaction
+from musecl_store.store.tables import EMBEDDING_KINDS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from musecl_store.store.check import CheckReport
     from training.trainer import TrainResult
 
-KINDS = ("fused", "remote", "street", "poi")
+KINDS = EMBEDDING_KINDS  # the embedding kinds a search or a feature lookup may use
 
 
 class SearchOptions(TypedDict, total=False):
@@ -473,9 +474,9 @@ class Store:
     # ------------------------------------------------------------------ index, search
 
     def _model(self, s: Session, city: str, model_version: int | None) -> int:
-        from musecl_store.store.versions import active_model_version
+        from musecl_store.store.versions import resolve
 
-        return model_version if model_version is not None else active_model_version(s, city)
+        return resolve(s, city, model_version)
 
     @contextmanager
     def _indexed(

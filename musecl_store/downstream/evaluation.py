@@ -32,6 +32,7 @@ from musecl_store.progress import progress
 from musecl_store.store.cities import get_city
 from musecl_store.store.tables import Indicator, Mobility, ModelVersion, Poi, Region
 from musecl_store.store.vectors import load_embeddings
+from musecl_store.store.versions import resolve as resolve_model_version
 
 EMBEDDINGS = (
     "counts",
@@ -493,18 +494,10 @@ def feature_sets(
     return ids, vecs
 
 
-def model_version_for(session: Session, city_id: int, version: int | None) -> ModelVersion:
-    if version is None:
-        mv = session.scalar(
-            select(ModelVersion).where(
-                ModelVersion.city_id == city_id, ModelVersion.active.is_(True)
-            )
-        )
-        if mv is None:
-            raise EvaluationError("this city has no trained model yet; run `musecl train` first")
-        return mv
-    mv = session.get(ModelVersion, version)
-    if mv is None or mv.city_id != city_id:
+def model_version_for(session: Session, city: str, version: int | None) -> ModelVersion:
+    """The model version to score: the given one (of this city), else the active one."""
+    mv = session.get(ModelVersion, resolve_model_version(session, city, version))
+    if mv is None or mv.city_id != get_city(session, city).id:
         raise EvaluationError(f"model version {version} does not exist for this city")
     return mv
 
@@ -533,7 +526,7 @@ def evaluate_city(
     """
     cfg = cfg or EvalConfig()
     c = get_city(session, city)
-    mv = model_version_for(session, c.id, model_version)
+    mv = model_version_for(session, city, model_version)
     ids, feats = feature_sets(session, c.id, mv.id)
     values = session.execute(
         select(Indicator.name, Region.region_id, Indicator.value)

@@ -31,7 +31,7 @@ from musecl_store.store.tables import (
     Revision,
 )
 from musecl_store.store.vectors import load_embeddings
-from musecl_store.store.versions import active_model_version
+from musecl_store.store.versions import resolve as resolve_model_version
 
 HEADS = ("mlp", "ridge")
 
@@ -105,7 +105,7 @@ def fit_params(
     if head not in HEADS:
         raise RegressionError(f"head must be one of {', '.join(HEADS)}, not {head!r}")
     c = get_city(session, city)
-    mv = model_version if model_version is not None else active_model_version(session, city)
+    mv = resolve_model_version(session, city, model_version)
     ids, x = load_embeddings(session, mv, kind, c.id)
     targets = _targets(session, c.id, indicator)
     if not targets:

@@ -43,12 +43,18 @@ from musecl_store.errors import MuseclError
 from musecl_store.nn.fusion import VISUAL
 from musecl_store.nn.model import MuseclNet
 from musecl_store.nn.text import TextEncoder
-from musecl_store.store.tables import Embedding, ModelVersion, Region, RegionChange, Revision
-from musecl_store.store.versions import active_model_version
+from musecl_store.store.tables import (
+    EMBEDDING_KINDS,
+    Embedding,
+    ModelVersion,
+    Region,
+    RegionChange,
+    Revision,
+)
+from musecl_store.store.versions import resolve as resolve_model_version
 
 EMBEDDED = ("remote", "street", "poi", "mobility")
 """The modalities whose change means re-embedding a region."""
-KINDS = ("remote", "street", "poi", "fused")
 STEPS = faults.POINTS["reembed"]
 """Its fault points, in order (see :mod:`musecl_store.faults`)."""
 
@@ -177,7 +183,7 @@ def reembed(
     from musecl_store.store.cities import get_city
 
     get_city(session, city)
-    mv = model_version if model_version is not None else active_model_version(session, city)
+    mv = resolve_model_version(session, city, model_version)
     row = session.get(ModelVersion, mv)
     if row is None:
         raise ReembedError(f"model version {mv} does not exist")
@@ -197,7 +203,7 @@ def reembed(
     )
     faults.point("reembed:planned")
     if not todo:
-        return ReembedResult(city, mv, None, [], {k: 0 for k in KINDS})
+        return ReembedResult(city, mv, None, [], {k: 0 for k in EMBEDDING_KINDS})
     regions = sorted(todo)
     # images, POIs and trips of the regions to re-embed only: the cost follows the change
     data = load_city_data(
@@ -208,7 +214,7 @@ def reembed(
     )
     rows = np.array(regions, dtype=np.int64)
     pks = [data.region_pks[r] for r in regions]
-    old = {kind: _stored(session, mv, kind, pks) for kind in KINDS}
+    old = {kind: _stored(session, mv, kind, pks) for kind in EMBEDDING_KINDS}
     changed = {m: np.array([m in todo[r] for r in regions], dtype=bool) for m in modalities}
 
     visual: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -346,7 +352,7 @@ def reembed_and_report(
     from musecl_store.store.engine import transaction
 
     with transaction(engine, write=True) as session:
-        mv = model_version if model_version is not None else active_model_version(session, city)
+        mv = resolve_model_version(session, city, model_version)
         index = RegionIndex.open(session, index_dir, mv)  # caught up: the state before
         result = reembed(
             session,

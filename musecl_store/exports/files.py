@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from musecl_store.errors import MuseclError
 from musecl_store.store.cities import get_city
 from musecl_store.store.vectors import EmbeddingChunk, iter_embeddings
-from musecl_store.store.versions import active_model_version
+from musecl_store.store.versions import resolve as resolve_model_version
 
 FORMATS = ("csv", "geojson", "parquet")
 
@@ -69,7 +69,7 @@ def export_city(
     if fmt not in FORMATS:
         raise ExportError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     c = get_city(session, city)
-    mv = model_version if model_version is not None else active_model_version(session, city)
+    mv = resolve_model_version(session, city, model_version)
     chunks = iter_embeddings(
         session,
         mv,

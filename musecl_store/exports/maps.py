@@ -20,7 +20,7 @@ from musecl_store.errors import MuseclError
 from musecl_store.store.cities import get_city
 from musecl_store.store.tables import Indicator, Prediction, Region
 from musecl_store.store.vectors import load_embeddings
-from musecl_store.store.versions import active_model_version
+from musecl_store.store.versions import resolve as resolve_model_version
 
 # A few stops of viridis (public domain colour map): low = dark purple, high = yellow.
 _RAMP = np.array(
@@ -105,7 +105,7 @@ def values_for(
         if not rows:
             raise MapError(missing)
         return label, {r: float(v) for r, v in rows}
-    mv = model_version if model_version is not None else active_model_version(session, city)
+    mv = resolve_model_version(session, city, model_version)
     ids, mat = load_embeddings(session, mv, "fused", c.id)
     if similar_to not in ids:
         raise MapError(f"city {city!r} has no fused embedding for region {similar_to!r}")

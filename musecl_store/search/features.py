@@ -19,7 +19,7 @@ from musecl_store.store import vectors as embeddings
 from musecl_store.store.cities import get_city
 from musecl_store.store.tables import Embedding, Region
 from musecl_store.store.vectors import load_embeddings
-from musecl_store.store.versions import active_model_version
+from musecl_store.store.versions import resolve as resolve_model_version
 
 
 class FeatureError(MuseclError, LookupError):
@@ -61,7 +61,7 @@ def lookup(
         FeatureError: unknown region ids (listed).
     """
     c = get_city(session, city)
-    mv = model_version if model_version is not None else active_model_version(session, city)
+    mv = resolve_model_version(session, city, model_version)
     if points is None and region_ids is None:  # the whole city: one bulk read
         ids, mat = load_embeddings(session, mv, kind, c.id)
         return FeatureTable(list(ids), mat, mv, kind)

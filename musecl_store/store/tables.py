@@ -36,7 +36,7 @@ MODALITIES = ("geometry", "poi", "remote", "street", "mobility", "indicators")
 """What a region's content hashes cover; the change log names the modalities that changed."""
 
 IMAGE_KINDS = ("remote", "street")
-EMBEDDING_KINDS = ("remote", "street", "poi", "fused")
+EMBEDDING_KINDS = ("fused", "remote", "street", "poi")  # the one list; the default first
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

@@ -46,6 +46,15 @@ def active_model_version(session: Session, city: str) -> int:
     return int(mv)
 
 
+def resolve(session: Session, city: str, model_version: int | None) -> int:
+    """The rule every verb follows: the given model version, else the city's active one.
+
+    Raises:
+        ModelVersionError: no version given and the city has no active one (saying why).
+    """
+    return model_version if model_version is not None else active_model_version(session, city)
+
+
 def _get(session: Session, version: int) -> ModelVersion:
     mv = session.get(ModelVersion, version)
     if mv is None:
