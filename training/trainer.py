@@ -52,6 +52,7 @@ from musecl_store.nn.model import MuseclNet
 from musecl_store.nn.resnet import ImageEncoder, load_backbone
 from musecl_store.nn.text import TextEncoder
 from musecl_store.progress import progress
+from musecl_store.store.chunks import rows_in
 from musecl_store.store.engine import session_factory, transaction
 from musecl_store.store.tables import City, ModelVersion, Region, Revision, TextEmbedding
 from training import similarity
@@ -858,17 +859,9 @@ class Trainer:
 def _not_cached(s: Session, rows: list[TextEmbedding]) -> list[TextEmbedding]:
     """The text-cache rows still missing: another run may have cached the same POI texts
     while this one trained."""
-    have: set[tuple[str, str]] = set()
     keys = sorted({r.content_hash for r in rows})
-    for i in range(0, len(keys), 5000):
-        have.update(
-            (encoder, key)
-            for encoder, key in s.execute(
-                select(TextEmbedding.encoder, TextEmbedding.content_hash).where(
-                    TextEmbedding.content_hash.in_(keys[i : i + 5000])
-                )
-            )
-        )
+    stmt = select(TextEmbedding.encoder, TextEmbedding.content_hash)
+    have = {(e, k) for e, k in rows_in(s, stmt, TextEmbedding.content_hash, keys)}
     return [r for r in rows if (r.encoder, r.content_hash) not in have]
 
 

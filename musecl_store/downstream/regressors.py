@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from musecl_store.downstream.evaluation import EvalConfig, MLPFit, holdout_masks, score, train_mlps
 from musecl_store.downstream.ridge import ridge_fit_auto
 from musecl_store.errors import MuseclError
 from musecl_store.hashing import digest
+from musecl_store.store.chunks import delete_in
 from musecl_store.store.cities import get_city
 from musecl_store.store.tables import (
     Indicator,
@@ -241,12 +242,7 @@ def predict(
     session.add(rev)
     session.flush()
     pks = [pk_of[ids[i]] for i in rows]
-    for i in range(0, len(pks), 5000):
-        session.execute(
-            delete(Prediction).where(
-                Prediction.regressor == reg.id, Prediction.region_pk.in_(pks[i : i + 5000])
-            )
-        )
+    delete_in(session, Prediction, Prediction.region_pk, pks, Prediction.regressor == reg.id)
     session.add_all(
         Prediction(
             region_pk=pk,

@@ -43,6 +43,7 @@ from musecl_store.errors import MuseclError
 from musecl_store.nn.fusion import VISUAL
 from musecl_store.nn.model import MuseclNet
 from musecl_store.nn.text import TextEncoder
+from musecl_store.store.chunks import rows_in
 from musecl_store.store.tables import (
     EMBEDDING_KINDS,
     Embedding,
@@ -156,15 +157,11 @@ def _stored(
 ) -> dict[int, tuple[np.ndarray, bool]]:
     """The stored vector and imputed flag of these regions' embeddings of one kind."""
     out: dict[int, tuple[np.ndarray, bool]] = {}
-    for i in range(0, len(pks), 5000):
-        for pk, vec, imputed in session.execute(
-            select(Embedding.region_pk, Embedding.vector, Embedding.imputed).where(
-                Embedding.model_version_id == mv,
-                Embedding.kind == kind,
-                Embedding.region_pk.in_(pks[i : i + 5000]),
-            )
-        ).all():
-            out[pk] = (np.asarray(vec, dtype=np.float32), bool(imputed))
+    stmt = select(Embedding.region_pk, Embedding.vector, Embedding.imputed).where(
+        Embedding.model_version_id == mv, Embedding.kind == kind
+    )
+    for pk, vec, imputed in rows_in(session, stmt, Embedding.region_pk, pks):
+        out[pk] = (np.asarray(vec, dtype=np.float32), bool(imputed))
     return out
 
 

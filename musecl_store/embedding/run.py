@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import sparse
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from musecl_store import faults
@@ -27,6 +27,7 @@ from musecl_store.nn.fusion import BRANCHES, VISUAL
 from musecl_store.nn.model import MuseclNet
 from musecl_store.nn.text import TextEncoder, poi_sentence
 from musecl_store.progress import progress
+from musecl_store.store.chunks import delete_in, rows_in
 from musecl_store.store.cities import get_city
 from musecl_store.store.tables import (
     City,
@@ -244,11 +245,7 @@ def rows_of(session: Session, stmt: Any, pk_column: Any, only: Sequence[int] | N
     """Run ``stmt``, restricted to ``only`` region pks (in chunks) when given, keeping order."""
     if only is None:
         return list(session.execute(stmt).all())
-    out: list[Any] = []
-    pks = sorted(set(only))
-    for i in range(0, len(pks), 5000):
-        out.extend(session.execute(stmt.where(pk_column.in_(pks[i : i + 5000]))).all())
-    return out
+    return rows_in(session, stmt, pk_column, sorted(set(only)))
 
 
 def _mobility(
@@ -309,14 +306,11 @@ def text_embeddings(
     keys = [digest(h, s) for h, s in zip(hashes, sentences, strict=True)]
     cached: dict[str, np.ndarray] = {}
     unique = sorted(set(keys))
-    for i in range(0, len(unique), 5000):
-        chunk = unique[i : i + 5000]
-        for key, vec in session.execute(
-            select(TextEmbedding.content_hash, TextEmbedding.vector).where(
-                TextEmbedding.encoder == encoder.name, TextEmbedding.content_hash.in_(chunk)
-            )
-        ).all():
-            cached[key] = vec
+    stmt = select(TextEmbedding.content_hash, TextEmbedding.vector).where(
+        TextEmbedding.encoder == encoder.name
+    )
+    for key, vec in rows_in(session, stmt, TextEmbedding.content_hash, unique):
+        cached[key] = vec
     todo = sorted({k: i for i, k in enumerate(keys) if k not in cached}.items())
     if todo:
         idx = [i for _, i in todo]
@@ -581,14 +575,14 @@ def write_region_embeddings(
             counts[kind] = 0
             continue
         pk_list = pks[rows].tolist()
-        for i in range(0, len(pk_list), 5000):
-            session.execute(
-                delete(Embedding).where(
-                    Embedding.model_version_id == model_version_id,
-                    Embedding.kind == kind,
-                    Embedding.region_pk.in_(pk_list[i : i + 5000]),
-                )
-            )
+        delete_in(
+            session,
+            Embedding,
+            Embedding.region_pk,
+            pk_list,
+            Embedding.model_version_id == model_version_id,
+            Embedding.kind == kind,
+        )
         counts[kind] = put_embeddings(
             session,
             model_version_id,
@@ -629,13 +623,13 @@ def embed_city(
     )
     session.add(rev)
     session.flush()
-    for i in range(0, len(data.region_pks), 5000):  # regions that lost their images too
-        session.execute(
-            delete(Embedding).where(
-                Embedding.model_version_id == model_version_id,
-                Embedding.region_pk.in_(data.region_pks[i : i + 5000]),
-            )
-        )
+    delete_in(  # regions that lost their images too
+        session,
+        Embedding,
+        Embedding.region_pk,
+        data.region_pks,
+        Embedding.model_version_id == model_version_id,
+    )
     counts = write_region_embeddings(
         session,
         [pk for pk, k in zip(data.region_pks, keep, strict=True) if k],

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice, pairwise
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, insert, select, update
@@ -23,6 +23,7 @@ from musecl_store import faults, geo
 from musecl_store.bundle.reader import Bundle, read_bundle
 from musecl_store.bundle.report import Report
 from musecl_store.hashing import digest, digest_bytes
+from musecl_store.store.chunks import IN_CHUNK, delete_in
 from musecl_store.store.tables import (
     Base,
     CensusFeature,
@@ -40,14 +41,6 @@ from musecl_store.store.tables import (
 )
 
 INDICATOR_SOURCE = "indicators.csv"
-_IN_CHUNK = 5000  # ids per IN (...) list; SQLite allows 32766 bound parameters
-
-T = TypeVar("T")
-
-
-def _chunks(items: Sequence[T], n: int = _IN_CHUNK) -> Iterator[Sequence[T]]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
 
 
 def _hash_set(parts: Iterable[str]) -> str:
@@ -230,7 +223,7 @@ def write_bundle(session: Session, bundle: Bundle) -> IngestSummary:
     if city is not None:
         cols = [getattr(Region, f"hash_{m}") for m in MODALITIES]
         stmt = select(Region.id, Region.region_id, *cols).where(Region.city_id == city.id)
-        for pk, rid, *old in session.execute(stmt.execution_options(yield_per=_IN_CHUNK)):
+        for pk, rid, *old in session.execute(stmt.execution_options(yield_per=IN_CHUNK)):
             i = new_ids.get(rid)
             if i is None:
                 removed[rid] = pk
@@ -322,14 +315,14 @@ def write_bundle(session: Session, bundle: Bundle) -> IngestSummary:
     city.revision = rev.id
     city.updated_at = utcnow()
 
-    _delete_in(session, Region, Region.id, [removed[rid] for rid in sorted(removed)])
+    delete_in(session, Region, Region.id, [removed[rid] for rid in sorted(removed)])
     _write_regions(session, bundle, hashes, city.id, rev.id, old_pk, changed)
     session.flush()
     faults.point("ingest:regions")
 
     pks = np.full(n, -1, np.int64)
     stmt = select(Region.region_id, Region.id).where(Region.city_id == city.id)
-    for rid, pk in session.execute(stmt.execution_options(yield_per=_IN_CHUNK)):
+    for rid, pk in session.execute(stmt.execution_options(yield_per=IN_CHUNK)):
         pks[new_ids[rid]] = pk
     del new_ids
     _write_modalities(session, bundle, city.id, pks, old_pk >= 0, changed)
@@ -401,15 +394,8 @@ def _write_regions(
 def _insert_rows(session: Session, model: type[Base], rows: Iterable[dict[str, Any]]) -> None:
     """Insert rows made on the fly, a chunk at a time."""
     it = iter(rows)
-    while chunk := list(islice(it, _IN_CHUNK)):
+    while chunk := list(islice(it, IN_CHUNK)):
         session.execute(insert(model), chunk)
-
-
-def _delete_in(
-    session: Session, model: type[Base], column: Any, ids: Sequence[int], *where: Any
-) -> None:
-    for chunk in _chunks(ids):
-        session.execute(delete(model).where(column.in_(chunk), *where))
 
 
 def _write_modalities(
@@ -429,7 +415,7 @@ def _write_modalities(
         return mask, pks[mask & existed].tolist()
 
     want, old = wanted("poi")
-    _delete_in(session, Poi, Poi.region_pk, old)
+    delete_in(session, Poi, Poi.region_pk, old)
     _insert_rows(
         session,
         Poi,
@@ -451,7 +437,7 @@ def _write_modalities(
 
     for kind in ("remote", "street"):
         want, old = wanted(kind)
-        _delete_in(session, Image, Image.region_pk, old, Image.kind == kind)
+        delete_in(session, Image, Image.region_pk, old, Image.kind == kind)
         _insert_rows(
             session,
             Image,
@@ -476,9 +462,9 @@ def _write_modalities(
 
     want, old = wanted("mobility")
     mob = bundle.mobility
-    _delete_in(session, Mobility, Mobility.region_pk, old)
-    _delete_in(session, OdFlow, OdFlow.origin_pk, old)
-    _delete_in(session, OdFlow, OdFlow.dest_pk, old)
+    delete_in(session, Mobility, Mobility.region_pk, old)
+    delete_in(session, OdFlow, OdFlow.origin_pk, old)
+    delete_in(session, OdFlow, OdFlow.dest_pk, old)
     _insert_rows(
         session,
         Mobility,
@@ -498,7 +484,7 @@ def _write_modalities(
     )
 
     want, old = wanted("indicators")
-    _delete_in(
+    delete_in(
         session,
         Indicator,
         Indicator.region_pk,

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from musecl_store.errors import MuseclError
 from musecl_store.store import dialect
+from musecl_store.store.chunks import chunked
 from musecl_store.store.cities import get_city
 from musecl_store.store.tables import CensusFeature, CensusLayer, Indicator, Region, Revision
 
@@ -142,8 +143,8 @@ def join_layer(
             for pk, v in session.execute(stmt).all()
             if v is not None
         ]
-        for i in range(0, len(rows), 5000):
-            session.execute(insert(Indicator), rows[i : i + 5000])
+        for chunk in chunked(rows):
+            session.execute(insert(Indicator), chunk)
         written += len(rows)
         regions.update(r["region_pk"] for r in rows)
     rev.summary = {

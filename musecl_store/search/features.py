@@ -16,6 +16,7 @@ from musecl_store import geo
 from musecl_store.errors import MuseclError
 from musecl_store.store import dialect
 from musecl_store.store import vectors as embeddings
+from musecl_store.store.chunks import chunked, rows_in
 from musecl_store.store.cities import get_city
 from musecl_store.store.tables import Embedding, Region
 from musecl_store.store.vectors import load_embeddings
@@ -87,9 +88,6 @@ def lookup(
     return FeatureTable(wanted, out, mv, kind)
 
 
-_CHUNK = 5000
-
-
 def _dim(session: Session, mv: int, kind: str) -> int:
     return int(
         session.scalar(
@@ -109,7 +107,7 @@ def vectors_of(
     name = dialect.name(session)
     unique = sorted(set(region_ids))
     out: dict[str, np.ndarray] = {}
-    for a in range(0, len(unique), _CHUNK):
+    for chunk in chunked(unique):
         rows = session.execute(
             select(Region.region_id, Embedding.dim, dialect.vector_wire(Embedding.vector, name))
             .join(Region, Region.id == Embedding.region_pk)
@@ -117,7 +115,7 @@ def vectors_of(
                 Embedding.model_version_id == mv,
                 Embedding.kind == kind,
                 Region.city_id == city_id,
-                Region.region_id.in_(unique[a : a + _CHUNK]),
+                Region.region_id.in_(chunk),
             )
         ).all()
         if rows:
@@ -155,13 +153,13 @@ def locate(session: Session, city_id: int, lon: np.ndarray, lat: np.ndarray) -> 
         ]
         unique = sorted(set(cells))
         region_of: dict[str, str] = {}
-        for a in range(0, len(unique), _CHUNK):
-            rows = session.execute(
-                select(Region.h3_cell, Region.region_id).where(
-                    Region.city_id == city_id, Region.h3_cell.in_(unique[a : a + _CHUNK])
-                )
-            ).all()
-            region_of.update((str(c), r) for c, r in rows)
+        rows = rows_in(
+            session,
+            select(Region.h3_cell, Region.region_id).where(Region.city_id == city_id),
+            Region.h3_cell,
+            unique,
+        )
+        region_of.update((str(c), r) for c, r in rows)
         for i, cell in zip(ok.tolist(), cells, strict=True):
             out[i] = region_of.get(cell)
         return out

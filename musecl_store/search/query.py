@@ -33,6 +33,7 @@ from musecl_store.search.features import locate
 from musecl_store.search.filters import Filters, SearchError, numbers
 from musecl_store.search.index import RegionIndex
 from musecl_store.store import dialect
+from musecl_store.store.chunks import chunked
 from musecl_store.store.cities import get_city
 from musecl_store.store.tables import City, Embedding, Region
 from musecl_store.text import storable
@@ -196,7 +197,7 @@ def _adjacent_many(session: Session, pks: Sequence[int]) -> dict[int, np.ndarray
     of a grid (8 region widths a side) they start in, and each group's neighbours come from
     one spatial-index query over the group's box, then the exact test per region."""
     shapes: dict[int, BaseGeometry] = {}
-    for chunk in _chunks(sorted({int(p) for p in pks})):
+    for chunk in chunked(sorted({int(p) for p in pks})):
         rows = session.execute(select(Region.id, Region.geom).where(Region.id.in_(chunk))).all()
         shapes.update((int(pk), to_shape(g)) for pk, g in rows)
     if not shapes:
@@ -225,12 +226,6 @@ def _adjacent_many(session: Session, pks: Sequence[int]) -> dict[int, np.ndarray
             near = ids[tree.query(grown, predicate="intersects")]
             out[pk] = near[near != pk]
     return out
-
-
-def _chunks(values: Sequence[Any], size: int = 5000) -> Iterator[Sequence[Any]]:
-    """``values`` in slices of ``size``: IN lists of a bounded length."""
-    for a in range(0, len(values), size):
-        yield values[a : a + size]
 
 
 def _check_k(k: Any) -> None:
@@ -547,7 +542,7 @@ def _find_regions(
     c = get_city(session, city)
     wanted = sorted({r for r in items if isinstance(r, str) and storable(r)})
     pk_of: dict[str, int] = {}
-    for chunk in _chunks(wanted):
+    for chunk in chunked(wanted):
         rows = session.execute(
             select(Region.region_id, Region.id).where(
                 Region.city_id == c.id, Region.region_id.in_(chunk)
@@ -591,7 +586,7 @@ def _find_points(
         y = np.array([p[2] for p in at])
         found = locate(session, c.id, x, y)
         shapes: dict[str, tuple[int, BaseGeometry]] = {}
-        for chunk in _chunks(sorted({r for r in found if r is not None})):
+        for chunk in chunked(sorted({r for r in found if r is not None})):
             rows = session.execute(
                 select(Region.region_id, Region.id, Region.geom).where(
                     Region.city_id == c.id, Region.region_id.in_(chunk)
@@ -628,7 +623,7 @@ def _region_vectors(
     if not len(live):
         return
     city_by_pk: dict[int, int] = {}
-    for chunk in _chunks(sorted(set(pks[live].tolist()))):
+    for chunk in chunked(sorted(set(pks[live].tolist()))):
         rows = session.execute(select(Region.id, Region.city_id).where(Region.id.in_(chunk)))
         city_by_pk.update((int(pk), int(cid)) for pk, cid in rows.all())
     try:
@@ -807,7 +802,7 @@ def _hit_rows(
     if with_geometry:
         cols.append(func.ST_AsGeoJSON(Region.geom))
     out: dict[int, tuple[str, str, tuple[float, float], dict[str, Any] | None, Any]] = {}
-    for chunk in _chunks(sorted(set(pks))):
+    for chunk in chunked(sorted(set(pks))):
         attention: dict[int, Any] = {}
         if with_attention:
             attention = dict(
