@@ -18,7 +18,7 @@ from musecl_store.cli import main
 from musecl_store.cli.csvfiles import read_points_csv
 from musecl_store.nn.fusion import BRANCHES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from musecl_store.api import Store
 from musecl_store.cli import main
 from musecl_store.store.engine import create_engine, transaction
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 CITY = "demo-3"
 
 

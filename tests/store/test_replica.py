@@ -24,17 +24,17 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
 import musecl_store
-from tests.test_db_faults import (  # noqa: F401  (fixtures)
+from tests.embedding.test_reembed import edit_bundle
+from tests.store.test_db_faults import (  # noqa: F401  (fixtures)
     CITY,
     PrivatePostgres,
     pg_template,
     pg_url,
     private_pg,
 )
-from tests.test_reembed import edit_bundle
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 
 
 @pytest.fixture

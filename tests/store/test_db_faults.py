@@ -43,7 +43,7 @@ from sqlalchemy.pool import NullPool
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CITY = "demo-3"
 K = 5
 
@@ -375,7 +375,7 @@ def test_restart_during_a_reembed(
 ) -> None:
     import musecl_store
     from musecl_store.search.index import RegionIndex
-    from tests.test_reembed import edit_bundle
+    from tests.embedding.test_reembed import edit_bundle
 
     index_dir = tmp_path / "idx"
     edited = edit_bundle(demo_bundle, tmp_path / "edited")
@@ -415,7 +415,7 @@ def test_restart_during_searches(private_pg: PrivatePostgres, pg_url: str, tmp_p
     log, stop = tmp_path / "searches.jsonl", tmp_path / "stop"
     loop = subprocess.Popen(
         [
-            *(sys.executable, "-m", "tests.test_db_faults", "search-loop"),
+            *(sys.executable, "-m", "tests.store.test_db_faults", "search-loop"),
             *(pg_url, rid, str(log), str(stop)),
         ],
         cwd=REPO,

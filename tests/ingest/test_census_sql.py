@@ -21,7 +21,7 @@ from musecl_store.search.query import Query, similar
 from musecl_store.store.engine import create_engine, transaction
 from musecl_store.store.tables import Indicator, Region
 
-README = Path(__file__).parent.parent / "README.md"
+README = Path(__file__).parents[2] / "README.md"
 
 
 def test_area_weighted_interpolation_matches_an_independent_computation(

@@ -29,7 +29,7 @@ from musecl_store.store.engine import create_engine, session_factory, transactio
 from musecl_store.store.tables import ModelVersion, Region, TextEmbedding
 from musecl_store.store.vectors import load_embeddings
 from tests.conftest import Backend
-from tests.trainer.test_train_end_to_end import FAST
+from tests.training.test_train_end_to_end import FAST
 from training.config import TrainConfig
 from training.trainer import (
     DeviceError,

@@ -1,4 +1,4 @@
-"""Kill -9 at every step of every writing command (re-embed: tests/test_reembed_crash.py).
+"""Kill -9 at every step of every writing command (re-embed: tests/embedding/test_reembed_crash.py).
 
 For each command, on both backends, the command runs through ``tests/faultcli.py`` and is
 SIGKILLed at each of its fault points in turn (``musecl_store.faults.POINTS``). After every
@@ -21,10 +21,10 @@ from musecl_store.api import Store
 from musecl_store.faults import POINTS
 from musecl_store.store.engine import create_engine, transaction
 from tests.conftest import FAST_TRAINING, snapshot
-from tests.test_reembed import edit_bundle
+from tests.embedding.test_reembed import edit_bundle
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 CITY = "demo-3"
 
 

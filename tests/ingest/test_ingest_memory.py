@@ -19,7 +19,7 @@ from musecl_store.ingest.apply import ingest_bundle, region_hashes, write_bundle
 from musecl_store.store.engine import transaction
 from musecl_store.store.tables import Poi, Region
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # region_hashes of tests/bundles/tiny as the version before columnar reading computed them:
 # a store made by it must see the same bundle as unchanged.

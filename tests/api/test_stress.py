@@ -27,7 +27,7 @@ the bundle ingested last.
 ``MUSECL_RELIABILITY_OUT=FILE`` adds ``{backend: {processes, operations, errors, ...}}`` to the
 JSON object in FILE (the README's reliability table quotes it).
 
-The driver processes run this file: ``python -m tests.test_stress ROLE SPEC_JSON``.
+The driver processes run this file: ``python -m tests.api.test_stress ROLE SPEC_JSON``.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CITY = "demo-3"
 K = 5
 DURATION = float(os.environ.get("MUSECL_STRESS_SECONDS", "20"))
@@ -393,7 +393,7 @@ def _record(backend: str, summary: dict[str, Any]) -> None:
 
 def test_readers_and_writers_at_once(backend, trained: str, demo_bundle: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
     import musecl_store
-    from tests.test_reembed import edit_bundle
+    from tests.embedding.test_reembed import edit_bundle
 
     url = backend.clone(trained)
     index_dir = tmp_path / "idx"
@@ -448,7 +448,7 @@ def test_readers_and_writers_at_once(backend, trained: str, demo_bundle: Path, t
             logs[name] = work / f"{name}.stderr"
             with logs[name].open("wb") as err:
                 procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", "tests.test_stress", name, str(work / "spec.json")],
+                    [sys.executable, "-m", "tests.api.test_stress", name, str(work / "spec.json")],
                     cwd=REPO,
                     env=env,
                     stdout=subprocess.DEVNULL,

@@ -21,7 +21,7 @@ from musecl_store.search.index import RegionIndex
 from musecl_store.store.engine import create_engine, transaction
 from musecl_store.store.tables import Embedding
 from musecl_store.store.vectors import load_embeddings
-from tests.test_reembed import edit_bundle
+from tests.embedding.test_reembed import edit_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def run_cli(url: str, index_dir: Path, **env: str) -> subprocess.Popen[bytes]:
         env=full_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        cwd=Path(__file__).parent.parent,
+        cwd=Path(__file__).parents[2],
     )
 
 

@@ -1,0 +1,1 @@
+"""Tests of musecl_store.demo: the synthetic city."""

@@ -1,0 +1,1 @@
+"""Tests of musecl_store.downstream: the evaluation heads and indicator regression."""

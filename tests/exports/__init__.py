@@ -1,0 +1,1 @@
+"""Tests of musecl_store.exports: exported files and maps."""

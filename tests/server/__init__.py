@@ -1,0 +1,1 @@
+"""Tests of musecl_store.server: the HTTP API and the map page in a browser."""
