@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from musecl_store.exports.maps import MapResult
     from musecl_store.ingest.apply import IngestSummary
     from musecl_store.ingest.census import CensusJoin
+    from musecl_store.search.cache import IndexCache
     from musecl_store.search.query import Answer, Hit
     from musecl_store.store.check import CheckReport
     from training.trainer import TrainResult
@@ -190,10 +191,7 @@ class Store:
         self.read_url = resolve_url(read, self.settings) if read else None
         self._engine: Engine | None = None
         self._read_engine: Engine | None = None
-        # Open FAISS indexes, kept between calls (each search still checks it against the
-        # database); one lock per index: a catch-up must not run beside a search.
-        self._indexes: dict[tuple[int, str, str], list[Any]] = {}  # [index or None, lock]
-        self._indexes_lock = threading.Lock()
+        self._index_cache: IndexCache | None = None  # the open FAISS indexes, made on use
         self._engine_lock = threading.Lock()
 
     # ------------------------------------------------------------------ plumbing
@@ -214,8 +212,17 @@ class Store:
                 if engine is not None:
                     engine.dispose()
             self._engine = self._read_engine = None
-        with self._indexes_lock:
-            self._indexes.clear()
+            self._index_cache = None
+
+    @property
+    def _indexes(self) -> IndexCache:
+        """The open FAISS indexes (see :mod:`musecl_store.search.cache`)."""
+        with self._engine_lock:
+            if self._index_cache is None:
+                from musecl_store.search.cache import IndexCache
+
+                self._index_cache = IndexCache(self.index_dir, self.session)
+            return self._index_cache
 
     @property
     def shown_url(self) -> str:
@@ -456,7 +463,7 @@ class Store:
         from musecl_store.store.tables import ModelVersion
         from musecl_store.store.versions import delete
 
-        self._forget(version)
+        self._indexes.forget(version)
         with self.session(write=True) as s:
             if s.get(ModelVersion, version) is None and any(
                 self.index_dir.glob(f"mv{version}-*")
@@ -466,54 +473,12 @@ class Store:
                 out = delete(s, version)
                 faults.point("models:deleted")
         faults.point("models:delete_committed")
-        self._forget(version)
+        self._indexes.forget(version)
         # the cached indexes go after the commit: a crash before it keeps a usable cache
         out["indexes_removed"] = drop_index_folders(self.index_dir, version)
         return out
 
     # ------------------------------------------------------------------ index, search
-
-    def _model(self, s: Session, city: str, model_version: int | None) -> int:
-        from musecl_store.store.versions import resolve
-
-        return resolve(s, city, model_version)
-
-    @contextmanager
-    def _indexed(
-        self, city: str, model_version: int | None, kind: str, index_type: str = "auto"
-    ) -> Iterator[tuple[Session, Any]]:
-        """(session, open index) of a model version and kind, the index held under its lock.
-
-        The session starts after the lock is taken, so it never reads an older state of the
-        store than the one an earlier holder brought the index up to."""
-        from musecl_store.search.index import IndexOptions, RegionIndex
-        from musecl_store.store.tables import ModelVersion
-
-        with self.session() as s:
-            mv = self._model(s, city, model_version)
-            if s.get(ModelVersion, mv) is None:
-                raise InputError(f"model version {mv} does not exist")
-        key = (mv, kind, index_type)
-        with self._indexes_lock:
-            entry = self._indexes.setdefault(key, [None, threading.Lock()])
-        with entry[1], self.session() as s:
-            if entry[0] is None:
-                entry[0] = RegionIndex.open(
-                    s, self.index_dir, mv, kind, IndexOptions(index_type=index_type)
-                )
-            yield s, entry[0]
-
-    def _forget(self, model_version: int, kind: str | None = None) -> None:
-        """Drop cached indexes of a model version (and kind): rebuilt, re-embedded, deleted."""
-        with self._indexes_lock:
-            entries = [
-                e
-                for k, e in self._indexes.items()
-                if k[0] == model_version and kind in (None, k[1])
-            ]
-        for entry in entries:
-            with entry[1]:
-                entry[0] = None
 
     def build_index(
         self,
@@ -524,24 +489,13 @@ class Store:
         index_type: str = "auto",
     ) -> dict[str, Any]:
         """Build (or rebuild) the FAISS index of a model version's embeddings of one kind."""
-        from musecl_store.search.index import IndexOptions, RegionIndex
-
-        with self.session() as s:
-            mv = self._model(s, city, model_version)
-        key = (mv, kind, "auto")
-        with self._indexes_lock:
-            entry = self._indexes.setdefault(key, [None, threading.Lock()])
-        with entry[1], self.session() as s:  # no search of this kind runs meanwhile
-            idx = RegionIndex.build(s, self.index_dir, mv, kind, IndexOptions(index_type))
-            status = idx.status()
-        self._forget(mv, kind)  # the next search opens the new one
-        return status
+        return self._indexes.build(city, model_version, kind, index_type)
 
     def index_status(
         self, city: str, *, kind: str = "fused", model_version: int | None = None
     ) -> dict[str, Any]:
         """Open the index, catch it up with the database, and return its stamp."""
-        with self._indexed(city, model_version, kind) as (s, idx):
+        with self._indexes.held(city, model_version, kind) as (s, idx):
             idx.refresh(s)
             return dict(idx.status())
 
@@ -566,7 +520,7 @@ class Store:
         """``run`` (``similar`` or ``similar_many``) on the open index of the query's model
         version and kind, with the query's k and what to include."""
         kind = query.get("kind", "fused")
-        with self._indexed(city, query.get("model_version"), kind) as (s, idx):
+        with self._indexes.held(city, query.get("model_version"), kind) as (s, idx):
             return run(
                 s,
                 idx,
@@ -953,7 +907,7 @@ class Store:
             all_regions=all_regions,
             show_progress=show_progress,
         )
-        self._forget(out["model_version"])  # searches reopen what reembed updated on disk
+        self._indexes.forget(out["model_version"])  # searches reopen what reembed updated on disk
         return out
 
     def census_join(
