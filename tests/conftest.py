@@ -27,6 +27,10 @@ from musecl_store.store.tables import Base
 
 os.environ.setdefault("MUSECL_PROGRESS", "0")
 
+# The fuzz modules' shared fixtures live with their strategies in tests/fuzzing.py; loaded as a
+# plugin, they reach every test folder and their asserts are rewritten like a test module's.
+pytest_plugins = ["tests.fuzzing"]
+
 BACKENDS = [
     b.strip()
     for b in os.environ.get("MUSECL_TEST_BACKENDS", "spatialite,postgis").split(",")
