@@ -1,5 +1,5 @@
 """``python -m musecl_store.cli``: the ``musecl`` command."""
 
-from musecl_store.cli.commands import main
+from musecl_store.cli import main
 
 main()
