@@ -19,26 +19,24 @@ not read again: their stored vector is what a full re-embed computes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from musecl_store import faults
-from musecl_store.embedding.run import (
+from musecl_store.embedding.images import encode_images
+from musecl_store.embedding.inputs import (
     CityData,
-    ImageSet,
     RegionInputs,
     count_inputs,
-    embed_regions,
-    encode_images,
     load_city_data,
     poi_text_means,
     region_means,
     rows_of,
-    write_region_embeddings,
 )
+from musecl_store.embedding.run import RegionEmbeddings, embed_regions, write_region_embeddings
 from musecl_store.errors import MuseclError
 from musecl_store.nn.fusion import VISUAL
 from musecl_store.nn.model import MuseclNet
@@ -145,13 +143,6 @@ def plan(
     return out
 
 
-def _subset_images(images: ImageSet, regions: set[int]) -> ImageSet:
-    idx = np.flatnonzero([r in regions for r in images.region.tolist()])
-    return ImageSet(
-        images.region[idx], [images.paths[i] for i in idx], [images.sha256[i] for i in idx]
-    )
-
-
 def _stored(
     session: Session, mv: int, kind: str, pks: list[int]
 ) -> dict[int, tuple[np.ndarray, bool]]:
@@ -163,6 +154,33 @@ def _stored(
     for pk, vec, imputed in rows_in(session, stmt, Embedding.region_pk, pks):
         out[pk] = (np.asarray(vec, dtype=np.float32), bool(imputed))
     return out
+
+
+@dataclass
+class _Model:
+    """The frozen model to re-embed with, and the embedded modalities its vectors read."""
+
+    mv: int
+    net: MuseclNet
+    config: dict[str, Any]
+    modalities: tuple[str, ...]
+
+
+@dataclass
+class _Job:
+    """A planned re-embedding: the regions (indices into ``data``, which holds their images,
+    POIs and trips), their pks, their stored vectors, and per modality which changed."""
+
+    model: _Model
+    data: CityData
+    regions: list[int]
+    pks: list[int]
+    old: dict[str, dict[int, tuple[np.ndarray, bool]]]
+    changed: dict[str, np.ndarray]
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.array(self.regions, dtype=np.int64)
 
 
 def reembed(
@@ -180,47 +198,86 @@ def reembed(
     from musecl_store.store.cities import get_city
 
     get_city(session, city)
-    mv = resolve_model_version(session, city, model_version)
-    row = session.get(ModelVersion, mv)
-    if row is None:
-        raise ReembedError(f"model version {mv} does not exist")
-    net, config = MuseclNet.load(row.checkpoint_path)
-    all_branches = net.fusion is not None
-    # A format-2 model's vectors do not read mobility: its changes change nothing.
-    modalities = EMBEDDED if all_branches else tuple(m for m in EMBEDDED if m != "mobility")
+    model = _load_model(session, resolve_model_version(session, city, model_version))
     listing = load_city_data(session, city, only=[], mobility=False)  # the regions alone
     todo = plan(
         session,
         listing,
-        mv,
+        model.mv,
         region_ids=region_ids,
         since=since,
         all_regions=all_regions,
-        modalities=modalities,
+        modalities=model.modalities,
     )
     faults.point("reembed:planned")
     if not todo:
-        return ReembedResult(city, mv, None, [], {k: 0 for k in EMBEDDING_KINDS})
+        return ReembedResult(city, model.mv, None, [], {k: 0 for k in EMBEDDING_KINDS})
+    job = _read(session, model, listing, todo, all_regions)
+    visual = _visual_inputs(job, show_progress)
+    faults.point("reembed:images_encoded")
+    pending: list[Any] = []
+    result = embed_regions(_inputs(session, job, visual, show_progress, pending), model.net)
+    faults.point("reembed:texts_encoded")
+    rev, recomputed = _write(session, job, result, pending)
+    faults.point("reembed:written")
+    data, pks = job.data, job.pks
+    old_fused = {
+        data.region_ids[r]: job.old["fused"][pk][0]
+        for r, pk in zip(job.regions, pks, strict=True)
+        if pk in job.old["fused"]
+    }
+    ids = [data.region_ids[r] for r in job.regions]
+    return ReembedResult(city, model.mv, rev, ids, recomputed, old_fused, pks)
+
+
+def _load_model(session: Session, mv: int) -> _Model:
+    row = session.get(ModelVersion, mv)
+    if row is None:
+        raise ReembedError(f"model version {mv} does not exist")
+    net, config = MuseclNet.load(row.checkpoint_path)
+    # A format-2 model's vectors do not read mobility: its changes change nothing.
+    visual_only = net.fusion is None
+    modalities = tuple(m for m in EMBEDDED if not (visual_only and m == "mobility"))
+    return _Model(mv, net, config, modalities)
+
+
+def _read(
+    session: Session,
+    model: _Model,
+    listing: CityData,
+    todo: dict[int, set[str]],
+    all_regions: bool,
+) -> _Job:
+    """The planned regions (``todo``, indices into ``listing``): their images, POIs and
+    trips, their stored vectors, and which of their modalities changed."""
     regions = sorted(todo)
     # images, POIs and trips of the regions to re-embed only: the cost follows the change
     data = load_city_data(
         session,
-        city,
-        mobility=all_branches,
+        listing.city.name,
+        mobility=model.net.fusion is not None,
         only=None if all_regions else [listing.region_pks[r] for r in regions],
     )
-    rows = np.array(regions, dtype=np.int64)
     pks = [data.region_pks[r] for r in regions]
-    old = {kind: _stored(session, mv, kind, pks) for kind in EMBEDDING_KINDS}
-    changed = {m: np.array([m in todo[r] for r in regions], dtype=bool) for m in modalities}
+    old = {kind: _stored(session, model.mv, kind, pks) for kind in EMBEDDING_KINDS}
+    changed = {m: np.array([m in todo[r] for r in regions], dtype=bool) for m in model.modalities}
+    return _Job(model, data, regions, pks, old, changed)
 
+
+def _visual_inputs(
+    job: _Job, show_progress: bool | None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per visual kind, each region's mean image vector and whether it has images: encoded
+    where that kind changed, the stored vector where it did not."""
+    data, regions, pks, old = job.data, job.regions, job.pks, job.old
+    net, size = job.model.net, int(job.model.config["image_size"])
     visual: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    size = int(config["image_size"])
     for kind in VISUAL:
-        has = np.bincount(data.images[kind].region, minlength=data.n)[rows] > 0
+        changed = job.changed[kind]
+        has = np.bincount(data.images[kind].region, minlength=data.n)[job.rows] > 0
         vec = np.zeros((len(regions), net.dim), dtype=np.float32)
-        encode = {r for r, c in zip(regions, changed[kind], strict=True) if c}
-        sub = _subset_images(data.images[kind], encode)
+        encode = {r for r, c in zip(regions, changed, strict=True) if c}
+        sub = data.images[kind].of_regions(encode)
         if sub.paths:
             local = data.with_images(kind, sub)
             emb = encode_images(net.encoders[kind], local.pixels(kind, size, show_progress))
@@ -230,11 +287,22 @@ def reembed(
             )
             vec[got] = means[got]
         for j, pk in enumerate(pks):  # an unchanged modality keeps its stored vector
-            if not changed[kind][j] and has[j] and pk in old[kind] and not old[kind][pk][1]:
+            if not changed[j] and has[j] and pk in old[kind] and not old[kind][pk][1]:
                 vec[j] = old[kind][pk][0]
         visual[kind] = (vec, has)
-    faults.point("reembed:images_encoded")
-    pending: list[Any] = []
+    return visual
+
+
+def _inputs(
+    session: Session,
+    job: _Job,
+    visual: dict[str, tuple[np.ndarray, np.ndarray]],
+    show_progress: bool | None,
+    pending: list[Any],
+) -> RegionInputs:
+    """The regions' inputs: ``visual``, and their POI texts (from the store's cache: only new
+    texts are encoded, their cache rows go to ``pending``), counts and mobility."""
+    data, net, config, rows = job.data, job.model.net, job.model.config, job.rows
     encoder = TextEncoder(config.get("text_model", "all-MiniLM-L6-v2"))
     text = poi_text_means(
         session,
@@ -243,41 +311,39 @@ def reembed(
         int(config.get("text_batch_size", 64)),
         show_progress,
         pending,
-    )  # from the store's cache: only new POI texts are encoded
+    )
     counts, mobility = count_inputs(data, net)
-    inputs = RegionInputs(
+    return RegionInputs(
         visual,
         (text[0][rows], text[1][rows]),
         None if counts is None else counts[rows],
         None if mobility is None else (mobility[0][rows], mobility[1][rows]),
     )
-    result = embed_regions(inputs, net)
-    faults.point("reembed:texts_encoded")
 
+
+def _write(
+    session: Session, job: _Job, result: RegionEmbeddings, pending: list[Any]
+) -> tuple[int, dict[str, int]]:
+    """Write the changed kinds of the regions under a new revision; returns the revision and
+    the rows written per kind."""
+    changed, mv = job.changed, job.model.mv
     ok = ~result.imputed["fused"]  # no image at all: nothing is fused; left unembedded
-    stale_fused = np.array([pk not in old["fused"] for pk in pks], dtype=bool)
-    fused_reads = list(modalities) if all_branches else list(VISUAL)
+    stale_fused = np.array([pk not in job.old["fused"] for pk in job.pks], dtype=bool)
+    fused_reads = list(job.model.modalities) if job.model.net.fusion else list(VISUAL)
     write = {
         "remote": changed["remote"] & ok,
         "street": changed["street"] & ok,
         "poi": changed["poi"] & ok,
         "fused": (np.any([changed[m] for m in fused_reads], axis=0) | stale_fused) & ok,
     }
-    rev = Revision(operation="reembed", city_id=data.city.id, summary={"model_version": mv})
+    rev = Revision(operation="reembed", city_id=job.data.city.id, summary={"model_version": mv})
     session.add(rev)
     session.add_all(pending)
     session.flush()
-    recomputed = write_region_embeddings(session, pks, mv, result, rev.id, kinds=write)
-    rev.summary = {"model_version": mv, "regions": len(regions), "recomputed": recomputed}
+    recomputed = write_region_embeddings(session, job.pks, mv, result, rev.id, kinds=write)
+    rev.summary = {"model_version": mv, "regions": len(job.regions), "recomputed": recomputed}
     session.flush()
-    faults.point("reembed:written")
-    ids = [data.region_ids[r] for r in regions]
-    old_fused = {
-        data.region_ids[r]: old["fused"][pk][0]
-        for r, pk in zip(regions, pks, strict=True)
-        if pk in old["fused"]
-    }
-    return ReembedResult(city, mv, rev.id, ids, recomputed, old_fused, pks)
+    return rev.id, recomputed
 
 
 def neighbours(
@@ -331,16 +397,18 @@ def drift_report(
     return rows
 
 
+class ReembedOptions(TypedDict, total=False):
+    """The keyword arguments of :func:`reembed`: which regions, with which model version."""
+
+    model_version: int | None
+    region_ids: list[str] | None
+    since: int | None
+    all_regions: bool
+    show_progress: bool | None
+
+
 def reembed_and_report(
-    engine: Any,
-    index_dir: Any,
-    city: str,
-    *,
-    model_version: int | None = None,
-    region_ids: list[str] | None = None,
-    since: int | None = None,
-    all_regions: bool = False,
-    show_progress: bool | None = None,
+    engine: Any, index_dir: Any, city: str, **options: Unpack[ReembedOptions]
 ) -> dict[str, Any]:
     """The whole ``musecl reembed``: re-embed in one transaction, commit, then update the
     FAISS index in place and build the drift report. A crash before the commit leaves the old
@@ -349,17 +417,10 @@ def reembed_and_report(
     from musecl_store.store.engine import transaction
 
     with transaction(engine, write=True) as session:
-        mv = resolve_model_version(session, city, model_version)
+        mv = resolve_model_version(session, city, options.get("model_version"))
         index = RegionIndex.open(session, index_dir, mv)  # caught up: the state before
-        result = reembed(
-            session,
-            city,
-            model_version=mv,
-            region_ids=region_ids,
-            since=since,
-            all_regions=all_regions,
-            show_progress=show_progress,
-        )
+        chosen: ReembedOptions = {**options, "model_version": mv}
+        result = reembed(session, city, **chosen)
         before = neighbours(session, index, result.old_fused)
     faults.point("reembed:committed")
     report: list[dict[str, Any]] = []

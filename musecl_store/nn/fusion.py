@@ -29,8 +29,20 @@ VISUAL = ("remote", "street")
 BRANCHES = ("remote", "street", "poi_text", "poi_counts", "mobility")
 
 
-def _masked_attention(scores: Tensor, mask: Tensor) -> Tensor:
-    return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1)
+def _attend(attn: nn.Linear, context: Tensor, z: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Masked attention pooling of ``z`` (B, M, d): weights softmax over the available rows
+    of tanh(W z + b) . u_w, exactly 0 where ``mask`` (B, M) is False; returns (pooled (B, d),
+    weights (B, M))."""
+    u = torch.tanh(attn(z))
+    scores = (u @ context).masked_fill(~mask, float("-inf"))
+    alpha = torch.softmax(scores, dim=1)
+    return (alpha.unsqueeze(-1) * z).sum(1), alpha
+
+
+def _require_any(mask: Tensor, problem: str) -> None:
+    """Refuse a batch in which a region has nothing to fuse (its weights would be NaN)."""
+    if not bool(mask.any(dim=1).all()):
+        raise ValueError(problem)
 
 
 class AttentiveFusion(nn.Module):
@@ -50,11 +62,8 @@ class AttentiveFusion(nn.Module):
         self.text_proj = nn.Linear(text_dim, dim)
 
     def forward(self, emb: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Fuse.
-
-        Args:
-            emb: (B, M, d) modality embeddings (rows of missing modalities are ignored).
-            mask: (B, M) bool, True where the region has that modality.
+        """Fuse ``emb`` (B, M, d), the modality embeddings, where ``mask`` (B, M) is True
+        (the rows of missing modalities are ignored).
 
         Returns:
             (e_image (B, d), alpha (B, M)); alpha is exactly 0 where mask is False.
@@ -62,13 +71,10 @@ class AttentiveFusion(nn.Module):
         Raises:
             ValueError: a region has none of the modalities.
         """
-        if not bool(mask.any(dim=1).all()):
-            raise ValueError("a region has none of the visual modalities; it cannot be fused")
+        _require_any(mask, "a region has none of the visual modalities; it cannot be fused")
         normed = nn.functional.layer_norm(emb, emb.shape[-1:])
         e = torch.stack([f(normed[:, i]) for i, f in enumerate(self.inputs)], dim=1)
-        u = torch.tanh(self.attn(e))
-        alpha = _masked_attention(u @ self.context, mask)
-        return (alpha.unsqueeze(-1) * e).sum(1), alpha
+        return _attend(self.attn, self.context, e, mask)
 
     def text(self, text_emb: Tensor) -> Tensor:
         """Project a region's text embedding (mean of its POIs') to d dims."""
@@ -123,22 +129,10 @@ class ModalityFusion(nn.Module):
             branch.set_normalisation(x[mask[:, i]])
 
     def forward(self, inputs: list[Tensor], mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Fuse.
-
-        Args:
-            inputs: one (B, dims[m]) tensor per branch (rows of missing branches ignored).
-            mask: (B, len(BRANCHES)) bool, True where the region has that branch.
-
-        Returns:
-            (fused (B, d), alpha (B, M)); alpha is exactly 0 where mask is False.
-
-        Raises:
-            ValueError: a region has none of the branches.
-        """
-        if not bool(mask.any(dim=1).all()):
-            raise ValueError("a region has no evidence at all; it cannot be fused")
+        """Fuse ``inputs``, one (B, dims[m]) tensor per branch, where ``mask``
+        (B, len(BRANCHES)) is True; as :meth:`AttentiveFusion.forward` otherwise (the fused
+        vector and the weights; ``ValueError`` for a region without any branch)."""
+        _require_any(mask, "a region has no evidence at all; it cannot be fused")
         z = torch.stack([f(x) for f, x in zip(self.branches, inputs, strict=True)], dim=1)
         z = torch.where(mask.unsqueeze(-1), z, 0.0)  # a missing branch's input is arbitrary
-        u = torch.tanh(self.attn(z))
-        alpha = _masked_attention(u @ self.context, mask)
-        return (alpha.unsqueeze(-1) * z).sum(1), alpha
+        return _attend(self.attn, self.context, z, mask)
