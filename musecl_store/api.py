@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from musecl_store.ingest.apply import IngestSummary
     from musecl_store.ingest.census import CensusJoin
     from musecl_store.search.cache import IndexCache
-    from musecl_store.search.query import Answer, Hit
+    from musecl_store.search.hits import Hit
+    from musecl_store.search.many import Answer
     from musecl_store.store.check import CheckReport
     from training.trainer import TrainResult
 
@@ -100,73 +101,6 @@ def open(
         create=create,
         read_url=read_db,
     )
-
-
-@contextmanager
-def _writing(out: str | Path) -> Iterator[None]:
-    """Turn a failure to write ``out`` (a missing folder, no permission, a full disk) into
-    an InputError naming the path; a half-written file is removed."""
-    path = Path(out)
-    existed = path.exists()
-    if not path.parent.is_dir():
-        raise InputError(f"{out}: cannot write here (the folder {path.parent} does not exist)")
-    if path.is_dir():
-        raise InputError(f"{out}: is a folder; give a file name")
-    try:
-        yield
-    except OSError as exc:
-        if not existed:
-            path.unlink(missing_ok=True)
-        raise InputError(f"{out}: cannot write ({exc.strerror or exc})") from exc
-
-
-def _hits_frame(
-    rows: Sequence[tuple[str | int | None, Hit | None, str | None]],
-    geometry: bool,
-    *,
-    with_query: bool = False,
-) -> pd.DataFrame:
-    """The frame of :meth:`Store.similar` (and, ``with_query``, of
-    :meth:`Store.similar_many`: a ``query`` column first, an ``error`` column last) from
-    (query, hit or None, error) rows."""
-    import pandas as pd
-
-    cols = ["rank", "region_id", "city", "score", "percentile", "lon", "lat"]
-    records = []
-    for query, h, error in rows:
-        row: dict[str, Any] = {"query": query} if with_query else {}
-        if h is not None:
-            row.update(
-                rank=h.rank,
-                region_id=h.region_id,
-                city=h.city,
-                score=h.score,
-                percentile=h.percentile,
-                lon=h.centroid[0],
-                lat=h.centroid[1],
-            )
-            for branch, w in (h.attention or {}).items():
-                row[f"attention:{branch}"] = w
-        if with_query:
-            row["error"] = error
-        records.append(row)
-    if with_query:
-        cols = ["query", *cols]
-        branches = sorted({c for r in records for c in r if c.startswith("attention:")})
-        frame = pd.DataFrame(records, columns=[*cols, *branches, "error"])
-        frame["rank"] = frame["rank"].astype("Int64")
-    else:
-        frame = pd.DataFrame(records, columns=cols if not records else None)
-    if not geometry:
-        return frame
-    import geopandas as gpd
-    import shapely.geometry
-
-    shapes = [
-        None if h is None or h.geometry is None else shapely.geometry.shape(h.geometry)
-        for _, h, _ in rows
-    ]
-    return gpd.GeoDataFrame(frame, geometry=shapes, crs="EPSG:4326")
 
 
 class Store:
@@ -371,67 +305,10 @@ class Store:
         already a column), with ``predictions`` one column ``predicted:<indicator>`` per
         predicted indicator (the newest regressor's).
         """
-        import geopandas as gpd
-        import pandas as pd
-        from geoalchemy2.shape import to_shape
-
-        from musecl_store.geo import area_km2
-        from musecl_store.store.cities import get_city
-        from musecl_store.store.tables import Indicator, Prediction, Region
+        from musecl_store.store.regions import regions_frame
 
         with self.session() as s:
-            c = get_city(s, city)
-            these = [Region.city_id == c.id]  # the regions asked for
-            if ids is not None:
-                these.append(Region.region_id.in_(list(ids)))
-            rows = s.execute(
-                select(
-                    Region.id,
-                    Region.region_id,
-                    Region.h3_cell,
-                    func.ST_X(Region.centroid),
-                    func.ST_Y(Region.centroid),
-                    Region.geom,
-                )
-                .where(*these)
-                .order_by(Region.region_id)
-            ).all()
-            geoms = [to_shape(r[5]) for r in rows]
-            frame = pd.DataFrame(
-                {
-                    "region_id": [r[1] for r in rows],
-                    "h3_cell": [r[2] for r in rows],
-                    "lon": [float(r[3]) for r in rows],
-                    "lat": [float(r[4]) for r in rows],
-                    "area_km2": [round(area_km2(g), 6) for g in geoms],
-                }
-            )
-            pk_row = {r[0]: i for i, r in enumerate(rows)}
-            if indicators:
-                values = s.execute(
-                    select(Indicator.region_pk, Indicator.name, Indicator.value)
-                    .join(Region, Region.id == Indicator.region_pk)
-                    .where(*these)
-                ).all()
-                taken = {*frame.columns, "geometry"}
-                column = {n: f"indicator:{n}" if n in taken else n for n in {v[1] for v in values}}
-                for name in sorted(column):
-                    frame[column[name]] = np.nan
-                for pk, name, value in values:
-                    frame.at[pk_row[pk], column[name]] = value
-            if predictions:
-                preds = s.execute(
-                    select(Prediction.region_pk, Prediction.indicator, Prediction.value)
-                    .join(Region, Region.id == Prediction.region_pk)
-                    .where(*these)
-                    .order_by(Prediction.id)
-                ).all()
-                for pk, name, value in preds:  # newest last: it wins
-                    col = f"predicted:{name}"
-                    if col not in frame:
-                        frame[col] = np.nan
-                    frame.at[pk_row[pk], col] = value
-        return gpd.GeoDataFrame(frame, geometry=geoms, crs="EPSG:4326")
+            return regions_frame(s, city, ids, indicators=indicators, predictions=predictions)
 
     def active_model_version(self, city: str) -> int:
         """The city's active model version (the one searches use by default)."""
@@ -548,7 +425,9 @@ class Store:
         ``model_version`` (the active one).
         """
         hits = self.search(city, region, **query)
-        return _hits_frame([(None, h, None) for h in hits], query.get("geometry", False))
+        from musecl_store.search.frames import hits_frame
+
+        return hits_frame([(None, h, None) for h in hits], query.get("geometry", False))
 
     def search_many(
         self,
@@ -563,7 +442,7 @@ class Store:
         """Like :meth:`similar_many`, as one :class:`~musecl_store.search.query.Answer` (query,
         hits, error) per query."""
         from musecl_store.search.filters import filters_from
-        from musecl_store.search.query import Queries, similar_many
+        from musecl_store.search.many import Queries, similar_many
 
         filters = filters_from(query)
         queries = Queries(city=city, region_ids=regions, points=points, vectors=vectors)
@@ -601,7 +480,9 @@ class Store:
                 rows.append((a.query, None, a.error))
             else:
                 rows.extend((a.query, h, None) for h in a.hits)
-        return _hits_frame(rows, query.get("geometry", False), with_query=True)
+        from musecl_store.search.frames import hits_frame
+
+        return hits_frame(rows, query.get("geometry", False), with_query=True)
 
     def features(
         self,
@@ -939,6 +820,7 @@ class Store:
         """Write a city's embeddings to CSV, GeoJSON or GeoParquet (``fmt`` defaults to the
         file's suffix: .csv, .geojson, .parquet)."""
         from musecl_store.exports.files import export_city
+        from musecl_store.exports.output import writing
 
         if fmt is None:
             fmt = {
@@ -949,7 +831,7 @@ class Store:
             }.get(Path(out).suffix.lower())
             if fmt is None:
                 raise InputError(f"{out}: say the format (csv, geojson or parquet)")
-        with self.session() as s, _writing(out):
+        with self.session() as s, writing(out):
             return export_city(s, city, out, fmt=fmt, kind=kind, model_version=model_version)
 
     def map(
@@ -967,8 +849,9 @@ class Store:
         """Draw a choropleth PNG of an indicator, a prediction or the similarity to a region
         (the query region marked and its ``k`` most similar outlined)."""
         from musecl_store.exports.maps import draw
+        from musecl_store.exports.output import writing
 
-        with self.session() as s, _writing(out):
+        with self.session() as s, writing(out):
             return draw(
                 s,
                 city,

@@ -100,8 +100,9 @@ def test_percentile_is_the_share_of_less_similar_regions(store_url: str, tmp_pat
 
 
 def test_percentiles_under_filters_and_from_a_sample(store_url: str, tmp_path: Path) -> None:
+    from musecl_store.search.filters import Filters
     from musecl_store.search.index import RegionIndex
-    from musecl_store.search.query import Filters, Query, similar
+    from musecl_store.search.query import Query, similar
     from musecl_store.store.engine import create_engine, transaction
 
     with musecl_store.open(store_url, index_dir=tmp_path / "index") as store:

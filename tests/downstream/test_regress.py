@@ -14,8 +14,9 @@ from musecl_store.cli import main
 from musecl_store.downstream.regressors import RegressionError, apply, fit, predict
 from musecl_store.embedding.run import embed_city
 from musecl_store.ingest.apply import ingest_bundle
+from musecl_store.search.filters import Filters
 from musecl_store.search.index import RegionIndex
-from musecl_store.search.query import Filters, Query, similar
+from musecl_store.search.query import Query, similar
 from musecl_store.store.engine import create_engine, transaction
 from musecl_store.store.tables import City, Indicator, Prediction, Region
 from musecl_store.store.vectors import load_embeddings

@@ -26,17 +26,11 @@ from musecl_store.api import Store
 from musecl_store.api import open as open_store
 from musecl_store.cli import main
 from musecl_store.errors import MuseclError
+from musecl_store.search.filters import Filters, SearchError
+from musecl_store.search.hits import Hit
 from musecl_store.search.index import IndexOptions, RegionIndex
-from musecl_store.search.query import (
-    Answer,
-    Filters,
-    Hit,
-    Queries,
-    Query,
-    SearchError,
-    similar,
-    similar_many,
-)
+from musecl_store.search.many import Answer, Queries, similar_many
+from musecl_store.search.query import Query, similar
 from musecl_store.server.app import create_app
 from musecl_store.store.engine import create_engine, transaction
 from musecl_store.store.tables import Embedding, Region
