@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from musecl_store.demo import make_demo_city
-from musecl_store.downstream.evaluation import EMBEDDINGS, HEADS, EvalConfig, evaluate_city
+from musecl_store.downstream.crossval import HEADS
+from musecl_store.downstream.evaluation import EMBEDDINGS, evaluate_city
+from musecl_store.downstream.mlp import EvalConfig
 from musecl_store.ingest.apply import ingest_bundle
 from musecl_store.store.engine import open_engine, transaction
 from musecl_store.store.schema import ensure_schema

@@ -531,7 +531,8 @@ class Store:
         Saved into the model version's metrics."""
         import pandas as pd
 
-        from musecl_store.downstream.evaluation import EvalConfig, evaluate_city
+        from musecl_store.downstream.evaluation import evaluate_city
+        from musecl_store.downstream.mlp import EvalConfig
 
         cfg = EvalConfig(folds=folds, seed=seed, log_target=log_target)
         with self.session() as s:

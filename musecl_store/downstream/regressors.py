@@ -17,7 +17,8 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from musecl_store.downstream.evaluation import EvalConfig, MLPFit, holdout_masks, score, train_mlps
+from musecl_store.downstream.crossval import HEADS, holdout_masks, score
+from musecl_store.downstream.mlp import EvalConfig, MLPFit, train_mlps
 from musecl_store.downstream.ridge import ridge_fit_auto
 from musecl_store.errors import MuseclError
 from musecl_store.hashing import digest
@@ -33,8 +34,6 @@ from musecl_store.store.tables import (
 )
 from musecl_store.store.vectors import load_embeddings
 from musecl_store.store.versions import resolve as resolve_model_version
-
-HEADS = ("mlp", "ridge")
 
 
 class RegressionError(MuseclError, LookupError):

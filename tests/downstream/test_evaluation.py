@@ -15,18 +15,9 @@ from sqlalchemy.orm import Session
 
 from musecl_store.cli import main
 from musecl_store.downstream import evaluation
-from musecl_store.downstream.evaluation import (
-    EMBEDDINGS,
-    EvalConfig,
-    evaluate_city,
-    holdout_masks,
-    markdown_table,
-    mlp_cv,
-    mlp_cv_many,
-    ridge_cv,
-    score,
-    train_mlps,
-)
+from musecl_store.downstream.crossval import holdout_masks, mlp_cv, mlp_cv_many, ridge_cv, score
+from musecl_store.downstream.evaluation import EMBEDDINGS, evaluate_city, markdown_table
+from musecl_store.downstream.mlp import EvalConfig, train_mlps
 from musecl_store.downstream.ridge import (
     RIDGE_ALPHAS,
     RidgePath,
