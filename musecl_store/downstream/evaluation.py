@@ -147,37 +147,8 @@ def evaluate_city(
     c = get_city(session, city)
     mv = model_version_for(session, city, model_version)
     ids, feats = feature_sets(session, c.id, mv.id)
-    values = session.execute(
-        select(Indicator.name, Region.region_id, Indicator.value)
-        .join(Region, Region.id == Indicator.region_pk)
-        .where(Region.city_id == c.id)
-    ).all()
-    known = sorted({n for n, _, _ in values})
-    wanted = indicators or known
-    unknown = [i for i in wanted if i not in known]
-    if unknown:
-        raise EvaluationError(
-            f"indicator(s) {', '.join(unknown)} do not exist for city {city!r}; it has "
-            f"{', '.join(known) if known else 'no indicators'}"
-        )
-    index = {r: i for i, r in enumerate(ids)}
-    targets: dict[str, CVJob] = {}
-    for name in wanted:  # every target checked before the long part starts
-        pairs = [(index[r], v) for n, r, v in values if n == name and r in index]
-        rows = np.array([p[0] for p in pairs], dtype=np.int64)
-        y = np.array([p[1] for p in pairs], dtype=np.float64)
-        if cfg.log_target:
-            if (y < 0).any():
-                raise EvaluationError(
-                    f"--log-target needs non-negative values; {name} has some < 0"
-                )
-            y = np.log1p(y)
-        if len(y) < 2 * cfg.folds:
-            raise EvaluationError(
-                f"indicator {name} has only {len(y)} values; too few for "
-                f"{cfg.folds}-fold cross-validation"
-            )
-        targets[name] = (rows, y, kfold_indices(len(y), cfg.folds, cfg.seed))
+    targets = _targets(session, city, c.id, ids, indicators, cfg)
+    wanted = list(targets)
 
     def score_row(emb: str) -> dict[str, dict[str, dict[str, float]]]:
         x = feats[emb]
@@ -203,28 +174,81 @@ def evaluate_city(
         ):
             for name, by_head in fut.result().items():
                 scores[name, futures[fut]] = by_head
-    records: list[dict[str, Any]] = []
-    for name in wanted:
-        for emb in embs:
-            for head, m in scores[name, emb].items():
-                records.append(
-                    {
-                        "indicator": name,
-                        "embedding": emb,
-                        "head": head,
-                        "r2": round(m["r2"], 4),
-                        "r2_std": round(m["r2_std"], 4),
-                        "rmse": round(m["rmse"], 4),
-                        "mape": round(m["mape"], 2),
-                        "n": len(targets[name][1]),
-                    }
-                )
+    records = [
+        _record(name, emb, head, m, len(targets[name][1]))
+        for name in wanted
+        for emb in embs
+        for head, m in scores[name, emb].items()
+    ]
     if save:
         mv.metrics = {
             **(mv.metrics or {}),
             "evaluation": {"log_target": cfg.log_target, "folds": cfg.folds, "records": records},
         }
     return records
+
+
+def _targets(
+    session: Session,
+    city: str,
+    city_id: int,
+    ids: list[str],
+    indicators: list[str] | None,
+    cfg: EvalConfig,
+) -> dict[str, CVJob]:
+    """Every indicator to score (given, else all the city's) as (rows of ``ids``, targets,
+    folds), each checked before the long part starts.
+
+    Raises:
+        EvaluationError: an unknown indicator, negative values with ``log_target``, too few
+            values for the folds.
+    """
+    values = session.execute(
+        select(Indicator.name, Region.region_id, Indicator.value)
+        .join(Region, Region.id == Indicator.region_pk)
+        .where(Region.city_id == city_id)
+    ).all()
+    known = sorted({n for n, _, _ in values})
+    wanted = indicators or known
+    unknown = [i for i in wanted if i not in known]
+    if unknown:
+        raise EvaluationError(
+            f"indicator(s) {', '.join(unknown)} do not exist for city {city!r}; it has "
+            f"{', '.join(known) if known else 'no indicators'}"
+        )
+    index = {r: i for i, r in enumerate(ids)}
+    targets: dict[str, CVJob] = {}
+    for name in wanted:
+        pairs = [(index[r], v) for n, r, v in values if n == name and r in index]
+        rows = np.array([p[0] for p in pairs], dtype=np.int64)
+        y = np.array([p[1] for p in pairs], dtype=np.float64)
+        if cfg.log_target:
+            if (y < 0).any():
+                raise EvaluationError(
+                    f"--log-target needs non-negative values; {name} has some < 0"
+                )
+            y = np.log1p(y)
+        if len(y) < 2 * cfg.folds:
+            raise EvaluationError(
+                f"indicator {name} has only {len(y)} values; too few for "
+                f"{cfg.folds}-fold cross-validation"
+            )
+        targets[name] = (rows, y, kfold_indices(len(y), cfg.folds, cfg.seed))
+    return targets
+
+
+def _record(name: str, emb: str, head: str, m: dict[str, float], n: int) -> dict[str, Any]:
+    """One row of the table, rounded as it is stored and shown."""
+    return {
+        "indicator": name,
+        "embedding": emb,
+        "head": head,
+        "r2": round(m["r2"], 4),
+        "r2_std": round(m["r2_std"], 4),
+        "rmse": round(m["rmse"], 4),
+        "mape": round(m["mape"], 2),
+        "n": n,
+    }
 
 
 def markdown_table(records: list[dict[str, Any]]) -> str:

@@ -193,7 +193,69 @@ def train_mlps(
             default k): deterministic, and the same as trained alone.
     """
     with torch_threads(cfg.mlp_threads):
-        return _train_mlps(x, y, train, stop, cfg, keys)
+        f = train.shape[0]
+        gens = [
+            torch.Generator().manual_seed(
+                int(np.random.SeedSequence([cfg.seed, key]).generate_state(1)[0])
+            )
+            for key in (keys if keys is not None else range(f))
+        ]
+        xt = torch.tensor(x, dtype=torch.float32)
+        yt = torch.tensor(y, dtype=torch.float32).expand(f, x.shape[0])  # (F, N), no copy
+        tr = torch.from_numpy(train).float()
+        mu = (tr @ xt) / tr.sum(1, keepdim=True)
+        sd = ((tr @ xt**2) / tr.sum(1, keepdim=True) - mu**2).clamp(min=1e-12).sqrt()
+        sd = torch.where(sd > 1e-6, sd, torch.ones_like(sd))  # constant columns stay 0, not huge
+        ymu = (tr * yt).sum(1) / tr.sum(1)
+        ysd = (((tr * (yt - ymu[:, None]) ** 2).sum(1) / tr.sum(1)).clamp(min=1e-12)).sqrt()
+
+        def batch(idx: torch.Tensor, nets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            # rows idx (len(nets), b) standardised for each of the networks ``nets`` on the fly:
+            # no (F, N, d) copy of the data
+            xb = (xt[idx] - mu[nets, None, :]) / sd[nets, None, :]
+            return xb, (yt[nets[:, None], idx] - ymu[nets, None]) / ysd[nets, None]
+
+        rows = [torch.from_numpy(np.flatnonzero(t)) for t in train]
+        # near-equal batches rather than a ragged last one of a few rows
+        n_batches = max(1, round(max(len(r) for r in rows) / cfg.mlp_batch))
+        stop_idx, stop_wt = _padded([np.flatnonzero(s) for s in stop])
+        x_stop, y_stop = batch(stop_idx, torch.arange(f))
+        model = _FoldMLPs(x.shape[1], gens)
+        opt = _adam(list(model.parameters()), cfg)
+        best = torch.full((f,), float("inf"))
+        best_epoch = torch.zeros(f, dtype=torch.int64)
+        best_params = [p.detach().clone() for p in model.parameters()]
+        bad = torch.zeros(f, dtype=torch.int64)
+        alive = torch.arange(f)  # the networks still training, as indices into the F
+        for epoch in range(1, cfg.mlp_max_epochs + 1):
+            live = alive.tolist()
+            order = _epoch_order([rows[i] for i in live], [gens[i] for i in live])
+            for idx in torch.tensor_split(order, n_batches, dim=1):
+                xb, yb = batch(idx, alive)
+                loss = ((model(xb, cfg.mlp_dropout, [gens[i] for i in live]) - yb) ** 2).mean(1)
+                opt.zero_grad()
+                loss.sum().backward()  # the networks share no weights: each gets its own gradient
+                opt.step()
+            with torch.no_grad():
+                err = (model(x_stop[alive]) - y_stop[alive]) ** 2
+                val = (err * stop_wt[alive]).sum(1) / stop_wt[alive].sum(1)
+                better = val < best[alive] - 1e-6
+                won = alive[better]
+                best[won], best_epoch[won] = val[better], epoch
+                for keep, p in zip(best_params, model.parameters(), strict=True):
+                    keep[won] = p[better]
+                bad[alive] += 1
+                bad[won] = 0
+                done = bad[alive] >= cfg.mlp_patience
+                if bool(done.all()):
+                    break
+                if bool(done.any()):
+                    opt = _keep_networks(model, opt, ~done, cfg)
+                    alive = alive[~done]
+        n_layers = len(model.w)
+        ws = [p.numpy() for p in best_params[:n_layers]]
+        bs = [p.numpy() for p in best_params[n_layers:]]
+        return MLPFit(ws, bs, mu.numpy(), sd.numpy(), ymu.numpy(), ysd.numpy(), best_epoch.numpy())
 
 
 @contextmanager
@@ -207,76 +269,3 @@ def torch_threads(n: int | None) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
-
-
-def _train_mlps(
-    x: np.ndarray,
-    y: np.ndarray,
-    train: np.ndarray,
-    stop: np.ndarray,
-    cfg: EvalConfig,
-    keys: list[int] | None = None,
-) -> MLPFit:
-    f = train.shape[0]
-    gens = [
-        torch.Generator().manual_seed(
-            int(np.random.SeedSequence([cfg.seed, key]).generate_state(1)[0])
-        )
-        for key in (keys if keys is not None else range(f))
-    ]
-    xt = torch.tensor(x, dtype=torch.float32)
-    yt = torch.tensor(y, dtype=torch.float32).expand(f, x.shape[0])  # (F, N), no copy
-    tr = torch.from_numpy(train).float()
-    mu = (tr @ xt) / tr.sum(1, keepdim=True)
-    sd = ((tr @ xt**2) / tr.sum(1, keepdim=True) - mu**2).clamp(min=1e-12).sqrt()
-    sd = torch.where(sd > 1e-6, sd, torch.ones_like(sd))  # constant columns stay 0, not huge
-    ymu = (tr * yt).sum(1) / tr.sum(1)
-    ysd = (((tr * (yt - ymu[:, None]) ** 2).sum(1) / tr.sum(1)).clamp(min=1e-12)).sqrt()
-
-    def batch(idx: torch.Tensor, nets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # rows idx (len(nets), b) standardised for each of the networks ``nets`` on the fly:
-        # no (F, N, d) copy of the data
-        xb = (xt[idx] - mu[nets, None, :]) / sd[nets, None, :]
-        return xb, (yt[nets[:, None], idx] - ymu[nets, None]) / ysd[nets, None]
-
-    rows = [torch.from_numpy(np.flatnonzero(t)) for t in train]
-    # near-equal batches rather than a ragged last one of a few rows
-    n_batches = max(1, round(max(len(r) for r in rows) / cfg.mlp_batch))
-    stop_idx, stop_wt = _padded([np.flatnonzero(s) for s in stop])
-    x_stop, y_stop = batch(stop_idx, torch.arange(f))
-    model = _FoldMLPs(x.shape[1], gens)
-    opt = _adam(list(model.parameters()), cfg)
-    best = torch.full((f,), float("inf"))
-    best_epoch = torch.zeros(f, dtype=torch.int64)
-    best_params = [p.detach().clone() for p in model.parameters()]
-    bad = torch.zeros(f, dtype=torch.int64)
-    alive = torch.arange(f)  # the networks still training, as indices into the F
-    for epoch in range(1, cfg.mlp_max_epochs + 1):
-        live = alive.tolist()
-        order = _epoch_order([rows[i] for i in live], [gens[i] for i in live])
-        for idx in torch.tensor_split(order, n_batches, dim=1):
-            xb, yb = batch(idx, alive)
-            loss = ((model(xb, cfg.mlp_dropout, [gens[i] for i in live]) - yb) ** 2).mean(1)
-            opt.zero_grad()
-            loss.sum().backward()  # the networks share no weights: each gets its own gradient
-            opt.step()
-        with torch.no_grad():
-            err = (model(x_stop[alive]) - y_stop[alive]) ** 2
-            val = (err * stop_wt[alive]).sum(1) / stop_wt[alive].sum(1)
-            better = val < best[alive] - 1e-6
-            won = alive[better]
-            best[won], best_epoch[won] = val[better], epoch
-            for keep, p in zip(best_params, model.parameters(), strict=True):
-                keep[won] = p[better]
-            bad[alive] += 1
-            bad[won] = 0
-            done = bad[alive] >= cfg.mlp_patience
-            if bool(done.all()):
-                break
-            if bool(done.any()):
-                opt = _keep_networks(model, opt, ~done, cfg)
-                alive = alive[~done]
-    n_layers = len(model.w)
-    ws = [p.numpy() for p in best_params[:n_layers]]
-    bs = [p.numpy() for p in best_params[n_layers:]]
-    return MLPFit(ws, bs, mu.numpy(), sd.numpy(), ymu.numpy(), ysd.numpy(), best_epoch.numpy())

@@ -222,6 +222,17 @@ def load_embeddings_flags(
     return ids, mat, np.concatenate(imputed)
 
 
+class _Want(NamedTuple):
+    """What :func:`iter_embeddings` reads, in batches of ``size`` rows."""
+
+    model_version_id: int
+    kind: str
+    city_id: int | None
+    size: int
+    geometry: bool
+    attention: bool
+
+
 def iter_embeddings(
     session: Session,
     model_version_id: int,
@@ -246,10 +257,9 @@ def iter_embeddings(
     """
     _check_kind(kind)
     size = max(1, int(chunk_rows or CHUNK_ROWS))
-    if dialect.name(session) == "postgresql":
-        chunks = _copy_chunks(session, model_version_id, kind, city_id, size, geometry, attention)
-    else:
-        chunks = _select_chunks(session, model_version_id, kind, city_id, size, geometry, attention)
+    want = _Want(model_version_id, kind, city_id, size, geometry, attention)
+    read = _copy_chunks if dialect.name(session) == "postgresql" else _select_chunks
+    chunks = read(session, want)
     dim: int | None = None
     for chunk in chunks:
         if dim is None:
@@ -262,15 +272,8 @@ def iter_embeddings(
         yield chunk
 
 
-def _select_chunks(
-    session: Session,
-    model_version_id: int,
-    kind: str,
-    city_id: int | None,
-    size: int,
-    geometry: bool,
-    attention: bool,
-) -> Iterator[EmbeddingChunk]:
+def _select_chunks(session: Session, want: _Want) -> Iterator[EmbeddingChunk]:
+    model_version_id, kind, city_id, size, geometry, attention = want
     name = dialect.name(session)
     columns: list[Any] = [
         Region.region_id,
@@ -311,19 +314,12 @@ def _select_chunks(
         result.close()
 
 
-def _copy_chunks(
-    session: Session,
-    model_version_id: int,
-    kind: str,
-    city_id: int | None,
-    size: int,
-    geometry: bool,
-    attention: bool,
-) -> Iterator[EmbeddingChunk]:
+def _copy_chunks(session: Session, want: _Want) -> Iterator[EmbeddingChunk]:
     """PostgreSQL: one ``COPY (SELECT ...) TO STDOUT (FORMAT BINARY)`` whose rows are the
     batches, in region id order: each batch's vectors, flags, ids (and geometries, attention)
     aggregated on the server into a few byte strings, which the client decodes with
     ``frombuffer`` as they arrive (no work per row in Python but splitting the ids)."""
+    model_version_id, kind, city_id, size, geometry, attention = want
     session.flush()
     raw = session.connection().connection.driver_connection
     assert raw is not None
