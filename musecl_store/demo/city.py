@@ -135,6 +135,35 @@ def make_demo_city(
     (out / "images" / "street").mkdir(parents=True)
     (out / "census").mkdir()
     (out / "truth").mkdir()
+    _write_city(out, name, seed, h3_resolution, boundary)
+    # The steps draw from one generator in this order: the same seed, the same bytes.
+    poi_total, n_pois = _write_pois(out / "pois.csv", cells, f, fr, rng)
+    has_street, n_remote, n_street = _write_images(out, cells, f, fr, rng, show_progress)
+    # -- Trips: a gravity model between homes, jobs and nightlife; some regions uncovered.
+    n_trips = _write_trips(out / "trips.csv", cells, centres, f, rng, trips_per_region=40)
+    ind = F.indicators(f, poi_total, rng)
+    _write_indicators(out / "indicators.csv", cells, ind, rng)
+    _write_census(out / "census" / "tracts.geojson", boundary, cells, ind, f, h3_resolution)
+    _write_table(out / "truth" / "latent.csv", cells, {k: f[k] for k in F.FACTORS}, "{:.6f}")
+    return DemoCity(
+        out,
+        name,
+        seed,
+        h3_resolution,
+        {
+            "regions": n,
+            "pois": n_pois,
+            "remote_images": n_remote,
+            "street_images": n_street,
+            "trips": n_trips,
+            "regions_with_street": int(has_street.sum()),
+        },
+        _truth_r2(f, ind, seed),
+    )
+
+
+def _write_city(out: Path, name: str, seed: int, h3_resolution: int, boundary: Any) -> None:
+    """city.json and the boundary the cells were cut from."""
     (out / "city.json").write_text(
         json.dumps(
             {
@@ -162,11 +191,20 @@ def make_demo_city(
         encoding="utf-8",
     )
 
-    # -- POIs: a Poisson number per region, of which 75% are listed in the open data.
+
+def _write_pois(
+    path: Path,
+    cells: list[str],
+    f: dict[str, np.ndarray],
+    fr: list[dict[str, float]],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, int]:
+    """pois.csv: a Poisson number per region, of which 75% are listed in the open data.
+    Returns (every region's true POI count, the number listed)."""
     poi_total = rng.poisson(F.poi_rate(f))
     cat_names, cat_p = P.category_probs(f)
     n_pois = 0
-    with (out / "pois.csv").open("w", newline="", encoding="utf-8") as fh:
+    with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["poi_id", "lon", "lat", "name", "category", "text"])
         for i, cell in enumerate(cells):
@@ -188,8 +226,20 @@ def make_demo_city(
                         P.poi_text(fr[i], rng),
                     ]
                 )
+    return poi_total, n_pois
 
-    # -- Images: two remote tiles per region; 0-4 street views where the provider drove.
+
+def _write_images(
+    out: Path,
+    cells: list[str],
+    f: dict[str, np.ndarray],
+    fr: list[dict[str, float]],
+    rng: np.random.Generator,
+    show_progress: bool | None,
+) -> tuple[np.ndarray, int, int]:
+    """images.csv and the tiles: two remote tiles per region; 0-4 street views where the
+    provider drove. Returns (which regions have street views, remote count, street count)."""
+    n = len(cells)
     has_street = rng.random(n) < 1 / (1 + np.exp(-(1.4 + 1.0 * f["density"])))
     n_remote = n_street = 0
     with (out / "images.csv").open("w", newline="", encoding="utf-8") as fh:
@@ -211,13 +261,14 @@ def make_demo_city(
                         [rel, "street", f"{lon:.7f}", f"{lat:.7f}", f"{rng.uniform(0, 360):.1f}"]
                     )
                     n_street += 1
+    return has_street, n_remote, n_street
 
-    # -- Trips: a gravity model between homes, jobs and nightlife; some regions uncovered.
-    n_trips = _write_trips(out / "trips.csv", cells, centres, f, rng, trips_per_region=40)
 
-    # -- Indicators, with a few unknown values.
-    ind = F.indicators(f, poi_total, rng)
-    with (out / "indicators.csv").open("w", newline="", encoding="utf-8") as fh:
+def _write_indicators(
+    path: Path, cells: list[str], ind: dict[str, np.ndarray], rng: np.random.Generator
+) -> None:
+    """indicators.csv, with a few unknown values."""
+    with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["region_id", *F.INDICATORS])
         for i, cell in enumerate(cells):
@@ -225,34 +276,27 @@ def make_demo_city(
                 [cell, *("" if rng.random() < 0.04 else f"{ind[k][i]:g}" for k in F.INDICATORS)]
             )
 
-    _write_census(out / "census" / "tracts.geojson", boundary, cells, ind, f, h3_resolution)
-    with (out / "truth" / "latent.csv").open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["region_id", *F.FACTORS])
-        for i, cell in enumerate(cells):
-            w.writerow([cell, *(f"{f[k][i]:.6f}" for k in F.FACTORS)])
 
+def _write_table(path: Path, cells: list[str], columns: dict[str, np.ndarray], fmt: str) -> None:
+    """A CSV of region_id and one column per entry of ``columns``."""
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["region_id", *columns])
+        for i, cell in enumerate(cells):
+            w.writerow([cell, *(fmt.format(v[i]) for v in columns.values())])
+
+
+def _truth_r2(
+    f: dict[str, np.ndarray], ind: dict[str, np.ndarray], seed: int
+) -> dict[str, dict[str, float]]:
+    """How well the latent truth predicts each indicator (ridge CV R², raw and log1p)."""
     latent = np.column_stack([f[k] for k in F.FACTORS])
     r2: dict[str, dict[str, float]] = {}
     for indicator in F.INDICATORS:
         raw, _ = ridge_cv_r2(latent, ind[indicator], seed=seed)
         logged, _ = ridge_cv_r2(latent, np.log1p(ind[indicator]), seed=seed)
         r2[indicator] = {"raw": round(raw, 4), "log1p": round(logged, 4)}
-    return DemoCity(
-        out,
-        name,
-        seed,
-        h3_resolution,
-        {
-            "regions": n,
-            "pois": n_pois,
-            "remote_images": n_remote,
-            "street_images": n_street,
-            "trips": n_trips,
-            "regions_with_street": int(has_street.sum()),
-        },
-        r2,
-    )
+    return r2
 
 
 def _write_trips(
