@@ -28,7 +28,7 @@ from musecl_store import faults
 from musecl_store.errors import InputError, MuseclError
 from musecl_store.settings import Settings
 from musecl_store.store import schema
-from musecl_store.store.engine import create_engine, resolve_url, transaction
+from musecl_store.store.engine import create_engine, missing_file, resolve_url, transaction
 from musecl_store.store.tables import EMBEDDING_KINDS
 
 if TYPE_CHECKING:
@@ -186,14 +186,12 @@ class Store:
             return self._engine
 
     def _must_exist(self) -> None:
-        url = make_url(self.url)
-        if url.get_backend_name() == "sqlite":
-            path = Path(url.database or "")
-            if not path.is_file():
-                raise StoreNotFoundError(
-                    f"no store at {path} (the file does not exist); check --db, or create "
-                    "one with `musecl ingest BUNDLE` or `musecl db init`"
-                )
+        path = missing_file(self.url)
+        if path is not None:
+            raise StoreNotFoundError(
+                f"no store at {path} (the file does not exist); check --db, or create "
+                "one with `musecl ingest BUNDLE` or `musecl db init`"
+            )
 
     def read_engine(self) -> Engine:
         """The engine reads go to: the replica (``read_url``) when there is one."""

@@ -110,13 +110,10 @@ def _iter_rows(
     order, from one query, in batches of :data:`~musecl_store.store.vectors.CHUNK_ROWS` rows."""
     name = dialect.name(session)
     version: Any = Embedding.model_version_id
-    if min_revision is None and name == "sqlite":
-        # SQLite's sorter keeps what it sorts in memory (pysqlite3 is built with
-        # TEMP_STORE=3): ORDER BY region_pk after a search of the (model version, kind,
-        # revision) index would hold every vector at once. "+ 0" keeps the planner off that
-        # index, so it scans the unique (region_pk, model_version_id, kind) one, already in
-        # order. A catch-up (min_revision) reads few rows through the revision index.
-        version = Embedding.model_version_id + 0
+    if min_revision is None:
+        # A whole read: steer SQLite onto the unique (region_pk, ...) index, already in pk
+        # order (see dialect.no_index). A catch-up reads few rows through the revision index.
+        version = dialect.no_index(version, name)
     stmt = select(
         Embedding.region_pk, Embedding.dim, dialect.vector_wire(Embedding.vector, name)
     ).where(version == model_version, Embedding.kind == kind)

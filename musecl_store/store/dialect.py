@@ -102,3 +102,15 @@ def index_join(
     if dialect_name == "postgresql":
         return col.op("&&")(other)
     return _spatialite_frame(table_name, col, pk, other)
+
+
+def no_index(column: Any, dialect_name: str) -> ColumnElement[Any]:
+    """``column`` in a form the planner cannot match to an index, on SQLite.
+
+    SQLite's sorter keeps what it sorts in memory (pysqlite3 is built with TEMP_STORE=3):
+    ``ORDER BY region_pk`` after a search of the (model version, kind, revision) index would
+    hold every vector at once. ``column + 0`` keeps the planner off that index, so it scans
+    the unique (region_pk, model_version_id, kind) one, already in order. PostgreSQL sorts on
+    disk when it must: the column is left as it is.
+    """
+    return column + 0 if dialect_name == "sqlite" else column

@@ -241,3 +241,13 @@ def _read_only(engine: Any) -> ReadOnlyDatabaseError:
         "in recovery): send writes to the primary (--db) and point reads at the replica "
         "(--read-db)"
     )
+
+
+def missing_file(url: str) -> Path | None:
+    """The SpatiaLite file a URL names when it does not exist (None for PostgreSQL, or a
+    file that is there): a command that only reads must not create an empty store."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    path = Path(parsed.database or "")
+    return None if path.is_file() else path
