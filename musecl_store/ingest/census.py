@@ -15,7 +15,7 @@ replacing that layer's earlier values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import Float, cast, delete, func, insert, select
@@ -36,16 +36,22 @@ class CensusError(MuseclError, LookupError):
 
 @dataclass
 class CensusJoin:
+    """What a join of ``layer`` onto ``city`` wrote, under store revision ``revision``."""
+
     city: str
     layer: str
     extensive: list[str]
+    """The fields shared out by area (counts)."""
     intensive: list[str]
+    """The fields averaged by area (rates, medians)."""
     regions: int
+    """How many regions got a value."""
     values: int
+    """How many indicator values were written (source ``census:<layer>``)."""
     revision: int
 
     def to_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+        return asdict(self)
 
 
 def join_layer(
@@ -63,16 +69,57 @@ def join_layer(
             named (each must be declared extensive or intensive).
     """
     c = get_city(session, city)
+    layer = _layer(session, c.id, city, layer_name)
+    extensive, intensive = list(extensive or []), list(intensive or [])
+    _check_fields(layer, layer_name, extensive, intensive)
+    pairs = _overlaps(session, c.id, layer.id)
+    rev = Revision(operation="census", city_id=c.id, summary={"layer": layer_name})
+    session.add(rev)
+    session.flush()
+    source = f"census:{layer_name}"
+    session.execute(
+        delete(Indicator).where(
+            Indicator.source == source,
+            Indicator.region_pk.in_(select(Region.id).where(Region.city_id == c.id)),
+        )
+    )
+    written = 0
+    regions: set[int] = set()
+    for field, is_extensive in [(f, True) for f in extensive] + [(f, False) for f in intensive]:
+        rows = _interpolate(session, pairs, field, is_extensive, source)
+        for chunk in chunked(rows):
+            session.execute(insert(Indicator), chunk)
+        written += len(rows)
+        regions.update(r["region_pk"] for r in rows)
+    rev.summary = {
+        "layer": layer_name,
+        "extensive": extensive,
+        "intensive": intensive,
+        "values": written,
+    }
+    session.flush()
+    return CensusJoin(city, layer_name, extensive, intensive, len(regions), written, rev.id)
+
+
+def _layer(session: Session, city_id: int, city: str, layer_name: str) -> CensusLayer:
     layer = session.scalar(
-        select(CensusLayer).where(CensusLayer.city_id == c.id, CensusLayer.name == layer_name)
+        select(CensusLayer).where(CensusLayer.city_id == city_id, CensusLayer.name == layer_name)
     )
     if layer is None:
-        known = session.scalars(select(CensusLayer.name).where(CensusLayer.city_id == c.id)).all()
+        known = session.scalars(
+            select(CensusLayer.name).where(CensusLayer.city_id == city_id)
+        ).all()
         raise CensusError(
             f"city {city!r} has no census layer {layer_name!r}; it has "
             f"{', '.join(known) if known else 'none'} (census/<layer>.geojson)"
         )
-    extensive, intensive = list(extensive or []), list(intensive or [])
+    return layer
+
+
+def _check_fields(
+    layer: CensusLayer, layer_name: str, extensive: list[str], intensive: list[str]
+) -> None:
+    """Each field named once, as extensive or intensive, and a numeric field of the layer."""
     if not extensive and not intensive:
         # Guessing would silently give wrong numbers (a count averaged, a median summed).
         raise CensusError(
@@ -91,10 +138,15 @@ def join_layer(
             f"layer {layer_name!r} has no numeric field(s) {', '.join(unknown)}; "
             f"its numeric fields are {', '.join(layer.fields)}"
         )
+
+
+def _overlaps(session: Session, city_id: int, layer_id: int) -> Any:
+    """Each (region, tract) pair that intersects, with the equal-area size of the
+    intersection (``inter``) and of the tract (``tract_area``), as a subquery."""
     name = dialect.name(session)
     region_ea = func.ST_Transform(Region.geom, EQUAL_AREA_SRID)
     tract_ea = func.ST_Transform(CensusFeature.geom, EQUAL_AREA_SRID)
-    pairs = (
+    return (
         select(
             Region.id.label("region_pk"),
             CensusFeature.id.label("feature_id"),
@@ -108,50 +160,32 @@ def join_layer(
             ),
         )
         .where(
-            Region.city_id == c.id,
-            CensusFeature.layer_id == layer.id,
+            Region.city_id == city_id,
+            CensusFeature.layer_id == layer_id,
             func.ST_Intersects(Region.geom, CensusFeature.geom),
         )
         .subquery()
     )
-    rev = Revision(operation="census", city_id=c.id, summary={"layer": layer_name})
-    session.add(rev)
-    session.flush()
-    source = f"census:{layer_name}"
-    session.execute(
-        delete(Indicator).where(
-            Indicator.source == source,
-            Indicator.region_pk.in_(select(Region.id).where(Region.city_id == c.id)),
-        )
+
+
+def _interpolate(
+    session: Session, pairs: Any, field: str, is_extensive: bool, source: str
+) -> list[dict[str, Any]]:
+    """The indicator rows of one field: per region, the tracts' values shared out by area
+    (extensive) or their area-weighted mean (intensive)."""
+    value = cast(CensusFeature.properties[field].as_float(), Float)
+    weight = pairs.c.inter / pairs.c.tract_area if is_extensive else pairs.c.inter
+    agg: Any = func.sum(value * weight)
+    if not is_extensive:
+        agg = agg / func.nullif(func.sum(pairs.c.inter), 0)
+    stmt = (
+        select(pairs.c.region_pk, agg.label("v"))
+        .join(CensusFeature, CensusFeature.id == pairs.c.feature_id)
+        .where(value.is_not(None), pairs.c.inter > 0)
+        .group_by(pairs.c.region_pk)
     )
-    written = 0
-    regions: set[int] = set()
-    for field, is_extensive in [(f, True) for f in extensive] + [(f, False) for f in intensive]:
-        value = cast(CensusFeature.properties[field].as_float(), Float)
-        weight = pairs.c.inter / pairs.c.tract_area if is_extensive else pairs.c.inter
-        agg: Any = func.sum(value * weight)
-        if not is_extensive:
-            agg = agg / func.nullif(func.sum(pairs.c.inter), 0)
-        stmt = (
-            select(pairs.c.region_pk, agg.label("v"))
-            .join(CensusFeature, CensusFeature.id == pairs.c.feature_id)
-            .where(value.is_not(None), pairs.c.inter > 0)
-            .group_by(pairs.c.region_pk)
-        )
-        rows = [
-            {"region_pk": pk, "name": field, "value": float(v), "source": source}
-            for pk, v in session.execute(stmt).all()
-            if v is not None
-        ]
-        for chunk in chunked(rows):
-            session.execute(insert(Indicator), chunk)
-        written += len(rows)
-        regions.update(r["region_pk"] for r in rows)
-    rev.summary = {
-        "layer": layer_name,
-        "extensive": extensive,
-        "intensive": intensive,
-        "values": written,
-    }
-    session.flush()
-    return CensusJoin(city, layer_name, extensive, intensive, len(regions), written, rev.id)
+    return [
+        {"region_pk": pk, "name": field, "value": float(v), "source": source}
+        for pk, v in session.execute(stmt).all()
+        if v is not None
+    ]
