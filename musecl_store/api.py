@@ -54,8 +54,10 @@ class SearchOptions(TypedDict, total=False):
     optional); with ``point`` and ``vector``, those of :class:`Search`."""
 
     k: int  # how many regions (10)
-    bbox: Sequence[float] | None  # minlon, minlat, maxlon, maxlat
-    near: Sequence[float] | None  # lon, lat, km
+    # The filters (search.filters.FILTER_FIELDS describes them): numbers as a sequence or as
+    # comma-separated text, checked by the search, which names a bad one.
+    bbox: Sequence[float] | str | None  # minlon, minlat, maxlon, maxlat
+    near: Sequence[float] | str | None  # lon, lat, km
     polygon: str | BaseGeometry | None  # WKT, GeoJSON or shapely
     same_city: bool
     other_cities: bool
@@ -69,7 +71,7 @@ class SearchOptions(TypedDict, total=False):
 class Search(SearchOptions, total=False):
     """The keywords of :meth:`Store.similar` and :meth:`Store.search` (all optional)."""
 
-    point: tuple[float, float] | None  # lon, lat: search from the region containing it
+    point: tuple[float, float] | str | None  # lon, lat: search from the region containing it
     vector: Sequence[float] | np.ndarray | None  # search from a vector of the embeddings' dimension
 
 

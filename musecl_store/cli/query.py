@@ -26,7 +26,7 @@ from musecl_store.cli.output import emit, table, write_out
 if TYPE_CHECKING:
     import pandas as pd
 
-    from musecl_store.search.query import Hit
+    from musecl_store.search.hits import Hit
 
 
 @main.group()
@@ -113,8 +113,7 @@ def similar(
     """
     if (region_id is None) == (point is None):
         raise click.UsageError("give a REGION_ID or --point LON,LAT (one of them)")
-    # The search reads "LON,LAT" text and checks it (Search.point is typed as numbers only).
-    hits = store.search(city, region_id, point=point, **query)  # type: ignore[arg-type]
+    hits = store.search(city, region_id, point=point, **query)  # the search checks --point
     if as_json:
         emit([h.to_dict() for h in hits])
     elif not hits:

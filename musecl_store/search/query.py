@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import shapely
@@ -52,7 +52,7 @@ class Query:
     city: str | None = None
     region_id: str | None = None
     vector: np.ndarray | None = None
-    point: tuple[float, float] | None = None
+    point: tuple[float, float] | str | None = None  # text "LON,LAT" is read and checked
     _pk: int | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -268,7 +268,8 @@ def _query_vector_of(
     mv, kind = index.stamp.model_version, index.stamp.kind
     query_pk, query_city = None, None
     if query.point is not None:
-        query_pk, _ = region_at(session, *query.point, city=query.city)
+        lon, lat = cast(tuple[float, float], query.point)  # numbers once Query is made
+        query_pk, _ = region_at(session, lon, lat, city=query.city)
     elif query.region_id is not None:
         if query.city is None:
             raise SearchError("a region id needs its city")
