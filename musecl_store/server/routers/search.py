@@ -56,6 +56,7 @@ def similar(
     if (region is None) == (point is None):
         raise ApiError(422, "give a region or a point (lon and lat), one of them", "region")
     query = {"region": region} if region is not None else {"point": [lon, lat]}
+    shown = {"geometry": geometry, "attention": attention}
     return _hits(
         store,
         city,
@@ -64,9 +65,8 @@ def similar(
         region=region,
         point=point,
         k=k,
-        geometry=geometry,
-        attention=attention,
         model_version=model_version,
+        **shown,
         **filters.model_dump(),
     )
 
