@@ -17,10 +17,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack, cast
 
 import numpy as np
-from sqlalchemy import func, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
@@ -38,8 +37,8 @@ if TYPE_CHECKING:
     from musecl_store.downstream.regressors import PredictSummary
     from musecl_store.exports.files import Exported
     from musecl_store.exports.maps import MapResult
-    from musecl_store.ingest.apply import IngestSummary
     from musecl_store.ingest.census import CensusJoin
+    from musecl_store.ingest.plan import IngestSummary
     from musecl_store.search.cache import IndexCache
     from musecl_store.search.hits import Hit
     from musecl_store.search.many import Answer
@@ -194,6 +193,16 @@ class Store:
                 f"no store at {path} (the file does not exist); check --db, or create "
                 "one with `musecl ingest BUNDLE` or `musecl db init`"
             )
+
+    def _initialised(self) -> bool:
+        """Whether the store exists and has its schema (looked at without creating either)."""
+        if missing_file(self.url) is not None:
+            return False
+        engine = create_engine(self.url, self.settings)
+        try:
+            return schema.has_schema(engine)
+        finally:
+            engine.dispose()
 
     def read_engine(self) -> Engine:
         """The engine reads go to: the replica (``read_url``) when there is one."""
@@ -636,21 +645,27 @@ class Store:
     def ingest(
         self, bundle: str | Path, *, check: bool = False, show_progress: bool | None = None
     ) -> IngestSummary:
-        """Ingest a city bundle (see docs/city-bundle.md); ``check`` validates and diffs
-        without writing. All or nothing."""
+        """Ingest a city bundle (see docs/city-bundle.md). All or nothing.
+
+        ``check`` validates the bundle and diffs it against the store without writing: it
+        takes no write lock and creates no file or schema (a store that does not exist yet
+        is an empty one); the summary is the one the ingest would give, without a revision.
+        """
         from musecl_store.bundle.reader import read_bundle
         from musecl_store.ingest.apply import write_bundle
+        from musecl_store.ingest.plan import plan_bundle
 
         read = read_bundle(bundle, show_progress=show_progress)  # before taking the lock
         faults.point("ingest:read")
+        if check:
+            if not self._initialised():  # no store yet: everything is new
+                return plan_bundle(None, read).summary
+            with self.session(primary=True) as s:  # reads only: no lock, nothing written
+                return plan_bundle(s, read).summary
         with self.session(create=True, write=True) as s:
             summary = write_bundle(s, read)
-            if check:
-                s.rollback()
-            else:
-                faults.point("ingest:written")
-        if not check:
-            faults.point("ingest:committed")
+            faults.point("ingest:written")
+        faults.point("ingest:committed")
         return summary
 
     def train(
@@ -684,7 +699,19 @@ class Store:
         if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
             raise InputError(f"nproc must be a whole number of at least 1, not {nproc!r}")
         if nproc > 1:
-            return self._train_parallel(city, cfg, nproc, resume, device, show_progress, log)
+            from training.launch import RankJob, train_parallel
+
+            job = RankJob(
+                url=self.url,
+                settings=self.settings,
+                city=city,
+                config=cfg.to_dict(),
+                resume=resume,
+                device=device,
+                show_progress=show_progress,
+                log_to="stderr" if log is not None else None,
+            )
+            return cast("TrainResult", train_parallel(self.engine(), job, nproc))
         return train_city(
             self.engine(),
             city,
@@ -694,52 +721,6 @@ class Store:
             show_progress=show_progress,
             log=log or (lambda msg: None),
         )
-
-    def _train_parallel(
-        self,
-        city: str,
-        cfg: Any,
-        nproc: int,
-        resume: bool,
-        device: str,
-        show_progress: bool | None,
-        log: Callable[[str], None] | None,
-    ) -> TrainResult:
-        from musecl_store.store.cities import get_city
-        from musecl_store.store.tables import ModelVersion
-        from training.launch import DistributedTrainingError, RankJob, launch
-
-        def newest() -> int | None:
-            with self.session(primary=True) as s:
-                return s.scalar(
-                    select(func.max(ModelVersion.id)).where(
-                        ModelVersion.city_id == get_city(s, city).id
-                    )
-                )
-
-        before = newest()  # also checks that the store and the city exist
-        job = RankJob(
-            url=self.url,
-            settings=self.settings,
-            city=city,
-            config=cfg.to_dict(),
-            resume=resume,
-            device=device,
-            show_progress=show_progress,
-            log_to="stderr" if log is not None else None,
-        )
-        try:
-            result: TrainResult = launch(nproc, job)
-        except DistributedTrainingError as exc:
-            after = newest()
-            written = (
-                f"Rank 0 had written model version {after} before"
-                if after != before
-                else "No model version was written; the checkpoint of the last finished "
-                "epoch is kept, so the same command resumes"
-            )
-            raise DistributedTrainingError(f"{exc}. {written}") from None
-        return result
 
     def embed(
         self, city: str, model_version: int, *, show_progress: bool | None = None

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 
 from musecl_store.errors import MuseclError
@@ -137,3 +139,36 @@ def _quiet_launcher() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+def train_parallel(engine: Engine, job: RankJob, nproc: int) -> Any:
+    """:func:`launch` for the facade: the job on ``nproc`` processes; rank 0's result.
+
+    Raises:
+        DistributedTrainingError: a rank failed; the message also says whether rank 0 had
+            written its model version before (else the checkpoint is kept to resume from).
+    """
+    from musecl_store.store.cities import get_city
+    from musecl_store.store.engine import transaction
+    from musecl_store.store.tables import ModelVersion
+
+    def newest() -> int | None:
+        with transaction(engine) as s:
+            return s.scalar(
+                select(func.max(ModelVersion.id)).where(
+                    ModelVersion.city_id == get_city(s, job.city).id
+                )
+            )
+
+    before = newest()  # also checks that the store and the city exist
+    try:
+        return launch(nproc, job)
+    except DistributedTrainingError as exc:
+        after = newest()
+        written = (
+            f"Rank 0 had written model version {after} before"
+            if after != before
+            else "No model version was written; the checkpoint of the last finished "
+            "epoch is kept, so the same command resumes"
+        )
+        raise DistributedTrainingError(f"{exc}. {written}") from None

@@ -138,7 +138,8 @@ def demo_city(
 @click.option(
     "--check",
     is_flag=True,
-    help="Read, validate and diff the bundle, then roll back: report without writing.",
+    help="Read, validate and diff the bundle against the store, and report: writes nothing, "
+    "takes no lock, creates no file.",
 )
 @json_option
 @click.pass_obj

@@ -17,10 +17,11 @@ from sqlalchemy.orm import Session
 
 from musecl_store import faults, geo
 from musecl_store.bundle.reader import Bundle, read_bundle
-from musecl_store.ingest.hashes import bit, indexes, region_hashes
+from musecl_store.ingest.hashes import bit, indexes
 from musecl_store.ingest.plan import IngestPlan, IngestSummary, plan_bundle
 from musecl_store.ingest.rows import insert_rows, write_modalities
-from musecl_store.store.chunks import IN_CHUNK, delete_in
+from musecl_store.store import chunks
+from musecl_store.store.chunks import delete_in
 from musecl_store.store.tables import (
     MODALITIES,
     CensusFeature,
@@ -32,14 +33,7 @@ from musecl_store.store.tables import (
     utcnow,
 )
 
-# IngestSummary and region_hashes are named here too: callers import them from this module.
-__all__ = [
-    "IngestSummary",
-    "apply_plan",
-    "ingest_bundle",
-    "region_hashes",
-    "write_bundle",
-]
+__all__ = ["apply_plan", "ingest_bundle", "write_bundle"]
 
 
 def ingest_bundle(
@@ -157,7 +151,7 @@ def _region_pks(session: Session, bundle: Bundle, city_id: int) -> np.ndarray:
     new_ids = {r.region_id: i for i, r in enumerate(bundle.regions)}
     pks = np.full(len(bundle.regions), -1, np.int64)
     stmt = select(Region.region_id, Region.id).where(Region.city_id == city_id)
-    for rid, pk in session.execute(stmt.execution_options(yield_per=IN_CHUNK)):
+    for rid, pk in session.execute(stmt.execution_options(yield_per=chunks.IN_CHUNK)):
         pks[new_ids[rid]] = pk
     return pks
 

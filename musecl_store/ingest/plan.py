@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from musecl_store.bundle.reader import Bundle
 from musecl_store.bundle.report import Report
 from musecl_store.ingest.hashes import ALL, EMPTY, RegionHashes, indexes, region_hashes
-from musecl_store.store.chunks import IN_CHUNK
+from musecl_store.store import chunks
 from musecl_store.store.tables import IMAGE_KINDS, MODALITIES, CensusLayer, City, Region
 
 _SUMMARY_KEYS = ("city", "revision", "changed", "city_created", "regions", "changes", "counts")
@@ -121,7 +121,7 @@ def _diff_regions(session: Session | None, city_id: int | None, bundle: Bundle) 
         return diff
     cols = [getattr(Region, f"hash_{m}") for m in MODALITIES]
     stmt = select(Region.id, Region.region_id, *cols).where(Region.city_id == city_id)
-    for pk, rid, *old in session.execute(stmt.execution_options(yield_per=IN_CHUNK)):
+    for pk, rid, *old in session.execute(stmt.execution_options(yield_per=chunks.IN_CHUNK)):
         i = new_ids.get(rid)
         if i is None:
             diff.removed[rid] = pk

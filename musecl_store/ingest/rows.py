@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 
 from musecl_store.bundle.reader import Bundle
 from musecl_store.ingest.hashes import bit, indexes
-from musecl_store.store.chunks import IN_CHUNK, delete_in
+from musecl_store.store import chunks
+from musecl_store.store.chunks import delete_in
 from musecl_store.store.tables import IMAGE_KINDS, Base, Image, Indicator, Mobility, OdFlow, Poi
 
 INDICATOR_SOURCE = "indicators.csv"
@@ -23,7 +24,7 @@ INDICATOR_SOURCE = "indicators.csv"
 def insert_rows(session: Session, model: type[Base], rows: Iterable[dict[str, Any]]) -> None:
     """Insert rows made on the fly, a chunk at a time."""
     it = iter(rows)
-    while chunk := list(islice(it, IN_CHUNK)):
+    while chunk := list(islice(it, chunks.IN_CHUNK)):
         session.execute(insert(model), chunk)
 
 

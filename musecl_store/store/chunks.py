@@ -18,8 +18,9 @@ T = TypeVar("T")
 IN_CHUNK = 5000  # ids per IN (...) list
 
 
-def chunked(items: Sequence[T], n: int = IN_CHUNK) -> Iterator[Sequence[T]]:
-    """``items`` in slices of ``n``."""
+def chunked(items: Sequence[T], n: int | None = None) -> Iterator[Sequence[T]]:
+    """``items`` in slices of ``n`` (default :data:`IN_CHUNK`, read at call time)."""
+    n = n or IN_CHUNK
     for a in range(0, len(items), n):
         yield items[a : a + n]
 

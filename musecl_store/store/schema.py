@@ -54,6 +54,11 @@ def downgrade(engine: Engine, revision: str = "base") -> None:
     command.downgrade(alembic_config(engine), revision)
 
 
+def has_schema(engine: Engine) -> bool:
+    """Whether the database has musecl's tables (at any migration)."""
+    return current_revision(engine) is not None or "cities" in inspect(engine).get_table_names()
+
+
 def ensure_schema(engine: Engine, *, create: bool = True) -> None:
     """Make sure the database is at the head migration.
 

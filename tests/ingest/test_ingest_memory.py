@@ -15,7 +15,8 @@ from sqlalchemy import Engine, select
 
 from musecl_store.bundle.reader import read_bundle
 from musecl_store.errors import BundleError
-from musecl_store.ingest.apply import ingest_bundle, region_hashes, write_bundle
+from musecl_store.ingest.apply import ingest_bundle, write_bundle
+from musecl_store.ingest.hashes import region_hashes
 from musecl_store.store.engine import transaction
 from musecl_store.store.tables import Poi, Region
 
@@ -146,11 +147,12 @@ def test_write_memory_does_not_grow_with_the_city(
     """With small chunks, so that both cities fill many: 4x the regions, about the same
     peak (the write made every row at once before: 2.6x)."""
     from musecl_store.bundle import reader as bundle_mod
-    from musecl_store.ingest import apply as ingest_mod
+    from musecl_store.ingest import hashes
+    from musecl_store.store import chunks
 
     monkeypatch.setattr(bundle_mod, "_CHUNK", 1000)
-    monkeypatch.setattr(ingest_mod, "_IN_CHUNK", 500)
-    monkeypatch.setattr(ingest_mod, "_BLOCK", 500)
+    monkeypatch.setattr(chunks, "IN_CHUNK", 500)
+    monkeypatch.setattr(hashes, "_BLOCK", 500)
     sys.path.insert(0, str(ROOT / "bench"))
     try:
         from scale import write_bundle as make_bundle
