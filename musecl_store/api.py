@@ -12,27 +12,23 @@ transaction: a method that raises has written nothing.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, Unpack, cast
+from typing import TYPE_CHECKING, Any, Unpack, cast
 
 import numpy as np
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.orm import Session
 
 from musecl_store import faults
-from musecl_store.errors import InputError, MuseclError
+from musecl_store.errors import InputError, StoreNotFoundError
+from musecl_store.search.filters import Search, SearchOptions
 from musecl_store.settings import Settings
-from musecl_store.store import schema
-from musecl_store.store.engine import create_engine, missing_file, resolve_url, transaction
+from musecl_store.store.connection import Connection
+from musecl_store.store.engine import resolve_url
 from musecl_store.store.tables import EMBEDDING_KINDS
 
 if TYPE_CHECKING:
     import pandas as pd
-    from shapely.geometry.base import BaseGeometry
 
     from musecl_store.downstream.regressors import PredictSummary
     from musecl_store.exports.files import Exported
@@ -45,37 +41,9 @@ if TYPE_CHECKING:
     from musecl_store.store.check import CheckReport
     from training.trainer import TrainResult
 
+__all__ = ["KINDS", "Search", "SearchOptions", "Store", "StoreNotFoundError", "open"]
+
 KINDS = EMBEDDING_KINDS  # the embedding kinds a search or a feature lookup may use
-
-
-class SearchOptions(TypedDict, total=False):
-    """The keywords of :meth:`Store.similar_many` and :meth:`Store.search_many` (all
-    optional); with ``point`` and ``vector``, those of :class:`Search`."""
-
-    k: int  # how many regions (10)
-    # The filters (search.filters.FILTER_FIELDS describes them): numbers as a sequence or as
-    # comma-separated text, checked by the search, which names a bad one.
-    bbox: Sequence[float] | str | None  # minlon, minlat, maxlon, maxlat
-    near: Sequence[float] | str | None  # lon, lat, km
-    polygon: str | BaseGeometry | None  # WKT, GeoJSON or shapely
-    same_city: bool
-    other_cities: bool
-    exclude_adjacent: bool
-    geometry: bool  # each region's polygon (a GeoDataFrame from similar)
-    attention: bool  # each region's modality attention
-    kind: str  # fused (default), remote, street or poi
-    model_version: int | None  # default: the city's active one
-
-
-class Search(SearchOptions, total=False):
-    """The keywords of :meth:`Store.similar` and :meth:`Store.search` (all optional)."""
-
-    point: tuple[float, float] | str | None  # lon, lat: search from the region containing it
-    vector: Sequence[float] | np.ndarray | None  # search from a vector of the embeddings' dimension
-
-
-class StoreNotFoundError(MuseclError, FileNotFoundError):
-    """A SpatiaLite path with no file behind it, opened by a command that only reads."""
 
 
 def open(
@@ -104,10 +72,11 @@ def open(
     )
 
 
-class Store:
+class Store(Connection):
     """One musecl store (a SpatiaLite file or a PostGIS database) and its FAISS cache.
 
     A context manager: ``with musecl_store.open(...) as store:`` closes its connections.
+    Its engines and sessions are those of :class:`~musecl_store.store.connection.Connection`.
     """
 
     def __init__(
@@ -118,35 +87,14 @@ class Store:
         create: bool = False,
         read_url: str | None = None,
     ):
-        self.url = url
-        self.settings = settings or Settings.from_env()
-        self.create = create
-        # reads (searches, features, exports ...) may go to a streaming replica of url
-        read = read_url or self.settings.read_database_url
-        self.read_url = resolve_url(read, self.settings) if read else None
-        self._engine: Engine | None = None
-        self._read_engine: Engine | None = None
+        super().__init__(url, settings, create=create, read_url=read_url)
         self._index_cache: IndexCache | None = None  # the open FAISS indexes, made on use
-        self._engine_lock = threading.Lock()
-
-    # ------------------------------------------------------------------ plumbing
-
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"Store({self.shown_url!r})"
 
     def close(self) -> None:
-        """Release the database connections (the store stays usable: it reopens on use)."""
+        """Release the database connections and the open indexes (the store stays usable:
+        it reopens on use)."""
+        super().close()
         with self._engine_lock:
-            for engine in (self._engine, self._read_engine):
-                if engine is not None:
-                    engine.dispose()
-            self._engine = self._read_engine = None
             self._index_cache = None
 
     @property
@@ -159,93 +107,7 @@ class Store:
                 self._index_cache = IndexCache(self.index_dir, self.session)
             return self._index_cache
 
-    @property
-    def shown_url(self) -> str:
-        """The URL with any password hidden."""
-        return make_url(self.url).render_as_string(hide_password=True)
-
-    @property
-    def index_dir(self) -> Path:
-        return Path(self.settings.index_dir)
-
-    def engine(self, *, create: bool = False) -> Engine:
-        """The SQLAlchemy engine, schema checked; ``create`` (or ``open(create=True)``) makes
-        a missing SpatiaLite file and an empty database's schema.
-
-        Raises:
-            StoreNotFoundError: a SpatiaLite file that does not exist, opened to read.
-            SchemaError: a database at another schema revision (run ``musecl db init``).
-        """
-        with self._engine_lock:
-            if self._engine is None:
-                if not (create or self.create):
-                    self._must_exist()
-                engine = schema.checked_engine(
-                    self.url, self.settings, create=create or self.create
-                )
-                self._engine = engine
-            return self._engine
-
-    def _must_exist(self) -> None:
-        path = missing_file(self.url)
-        if path is not None:
-            raise StoreNotFoundError(
-                f"no store at {path} (the file does not exist); check --db, or create "
-                "one with `musecl ingest BUNDLE` or `musecl db init`"
-            )
-
-    def _initialised(self) -> bool:
-        """Whether the store exists and has its schema (looked at without creating either)."""
-        if missing_file(self.url) is not None:
-            return False
-        engine = create_engine(self.url, self.settings)
-        try:
-            return schema.has_schema(engine)
-        finally:
-            engine.dispose()
-
-    def read_engine(self) -> Engine:
-        """The engine reads go to: the replica (``read_url``) when there is one."""
-        if self.read_url is None:
-            return self.engine()
-        with self._engine_lock:
-            if self._read_engine is None:
-                engine = schema.checked_engine(self.read_url, self.settings)
-                self._read_engine = engine
-            return self._read_engine
-
-    @contextmanager
-    def session(
-        self, *, create: bool = False, write: bool = False, primary: bool = False
-    ) -> Iterator[Session]:
-        """A session in one transaction: committed when the block succeeds.
-
-        ``write``: the block writes; it waits for the store's write lock first (see
-        :func:`musecl_store.store.engine.transaction`). Other sessions read from the replica
-        when the store has one, unless ``primary`` (a read that must see this process's own
-        writes)."""
-        reads_only = not (write or create or primary)
-        engine = self.read_engine() if reads_only else self.engine(create=create)
-        with transaction(engine, write=write) as s:
-            yield s
-
     # ------------------------------------------------------------------ schema
-
-    def init(self) -> dict[str, Any]:
-        """Create or upgrade the schema to the newest migration (safe to run again)."""
-        engine = create_engine(self.url, self.settings)
-        try:
-            before = schema.current_revision(engine)
-            schema.upgrade(engine)
-            after = schema.current_revision(engine)
-        finally:
-            engine.dispose()
-        return {
-            "database": self.shown_url,
-            "dialect": engine.dialect.name,
-            "from": before,
-            "to": after,
-        }
 
     def check(self, *, index: bool = True) -> CheckReport:
         """Verify the store's invariants (and, with ``index``, the FAISS cache's state); see
@@ -258,24 +120,6 @@ class Store:
             if index:
                 check_cache(s, self.index_dir, report)
             return report
-
-    def status(self) -> dict[str, Any]:
-        """The database, its schema revision and the revision this code expects."""
-        if not self.create:
-            self._must_exist()
-        engine = self._engine or create_engine(self.url, self.settings)
-        try:
-            current, head = schema.current_revision(engine), schema.head_revision()
-        finally:
-            if engine is not self._engine:
-                engine.dispose()
-        return {
-            "database": self.shown_url,
-            "dialect": engine.dialect.name,
-            "current": current,
-            "head": head,
-            "up_to_date": current == head,
-        }
 
     # ------------------------------------------------------------------ what is there
 

@@ -70,3 +70,7 @@ class ReadOnlyDatabaseError(MuseclError, PermissionError):
 class StoreWriteError(MuseclError, OSError):
     """The database refused a write for a reason outside musecl: a full disk, a read-only
     file, a lost connection. Nothing of the command's work was committed."""
+
+
+class StoreNotFoundError(MuseclError, FileNotFoundError):
+    """A SpatiaLite path with no file behind it, opened by a command that only reads."""

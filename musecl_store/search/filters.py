@@ -10,9 +10,9 @@ turns into a usage error naming its option and the server into a 422 naming its 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 import shapely
@@ -58,6 +58,34 @@ FILTER_FIELDS: tuple[FilterField, ...] = (
     FilterField("exclude_adjacent", "flag", "Leave out regions touching the query region."),
 )
 FILTER_NAMES = tuple(f.name for f in FILTER_FIELDS)
+
+
+class SearchOptions(TypedDict, total=False):
+    """The keywords of :meth:`musecl_store.api.Store.similar_many` and
+    :meth:`~musecl_store.api.Store.search_many` (all
+    optional); with ``point`` and ``vector``, those of :class:`Search`."""
+
+    k: int  # how many regions (10)
+    # The filters (FILTER_FIELDS; a test keeps the two in step): numbers as a sequence or
+    # as comma-separated text, checked by the search, which names a bad one.
+    bbox: Sequence[float] | str | None  # minlon, minlat, maxlon, maxlat
+    near: Sequence[float] | str | None  # lon, lat, km
+    polygon: str | BaseGeometry | None  # WKT, GeoJSON or shapely
+    same_city: bool
+    other_cities: bool
+    exclude_adjacent: bool
+    geometry: bool  # each region's polygon (a GeoDataFrame from similar)
+    attention: bool  # each region's modality attention
+    kind: str  # fused (default), remote, street or poi
+    model_version: int | None  # default: the city's active one
+
+
+class Search(SearchOptions, total=False):
+    """The keywords of :meth:`musecl_store.api.Store.similar` and
+    :meth:`~musecl_store.api.Store.search` (all optional)."""
+
+    point: tuple[float, float] | str | None  # lon, lat: search from the region containing it
+    vector: Sequence[float] | np.ndarray | None  # search from a vector of the embeddings' dimension
 
 
 class SearchError(MuseclError, ValueError):
