@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from musecl_store.search.hits import Hit
     from musecl_store.search.many import Answer
     from musecl_store.store.check import CheckReport
-    from training.trainer import TrainResult
+    from training.writeback import TrainResult
 
 __all__ = ["KINDS", "Search", "SearchOptions", "Store", "StoreNotFoundError", "open"]
 

@@ -41,17 +41,15 @@ from musecl_store.nn.resnet import ImageEncoder, load_backbone
 from musecl_store.nn.text import TextEncoder
 from musecl_store.store.engine import session_factory, transaction
 from musecl_store.store.tables import Revision, TextEmbedding
-from training.checkpoint import STAGES, Checkpoint, RunState, _on_cpu, run_id
+from training.checkpoint import RunState, run_id
 from training.config import TrainConfig
 from training.data import (
-    TRAINED_HASHES,
     TrainingError,
     check_city,
     city_content,
-    positives,
     split_regions,
 )
-from training.device import DEVICES, DeviceError, resolve_device
+from training.device import resolve_device
 from training.distributed import Parallel
 from training.loop import TrainingLoop
 from training.writeback import (
@@ -59,33 +57,13 @@ from training.writeback import (
     TrainResult,
     add_model_version,
     check_unchanged,
-    library_versions,
     not_cached,
     run_metrics,
 )
 
 # The names after train_city, Trainer and RunOptions were defined here before the trainer
 # was split by concern; they stay importable from here.
-__all__ = [
-    "DEVICES",
-    "STAGES",
-    "TRAINED_HASHES",
-    "Checkpoint",
-    "DeviceError",
-    "Fitted",
-    "RunOptions",
-    "TrainResult",
-    "Trainer",
-    "TrainingError",
-    "_on_cpu",
-    "check_city",
-    "city_content",
-    "library_versions",
-    "positives",
-    "resolve_device",
-    "run_id",
-    "train_city",
-]
+__all__ = ["RunOptions", "Trainer", "train_city"]
 
 
 class RunOptions(TypedDict, total=False):

@@ -15,14 +15,10 @@ import torch
 from sqlalchemy.orm import Session
 
 from musecl_store import faults
-from musecl_store.embedding.images import Pixels
 from musecl_store.embedding.inputs import (
-    CityData,
     RegionInputs,
     load_city_data,
     region_inputs,
-    text_embeddings,
-    visual_means,
 )
 from musecl_store.errors import InputError
 from musecl_store.nn.fusion import BRANCHES, VISUAL
@@ -32,21 +28,13 @@ from musecl_store.store.chunks import delete_in
 from musecl_store.store.tables import Embedding, ModelVersion, Revision, TextEmbedding
 from musecl_store.store.vectors import load_embeddings_flags, put_embeddings
 
-# CityData, Pixels, load_city_data, text_embeddings and visual_means lived here before the
-# inputs and the images had modules of their own; they stay importable from here.
 __all__ = [
-    "CityData",
-    "Pixels",
     "RegionEmbeddings",
     "embed_city",
     "embed_regions",
     "fuse_visual",
-    "load_city_data",
     "load_model",
-    "region_inputs",
-    "text_embeddings",
     "visual_fusion_vectors",
-    "visual_means",
     "write_region_embeddings",
 ]
 

@@ -13,7 +13,7 @@ import torch
 
 import musecl_store
 from musecl_store.embedding.images import ImageChangedError
-from musecl_store.embedding.run import CityData, load_city_data, visual_means
+from musecl_store.embedding.inputs import CityData, load_city_data, visual_means
 from musecl_store.errors import InputError
 from musecl_store.nn.model import MuseclNet
 

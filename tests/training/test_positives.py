@@ -10,13 +10,13 @@ import pytest
 from scipy import sparse
 
 from musecl_store.demo import make_demo_city
-from musecl_store.embedding.run import CityData, load_city_data
+from musecl_store.embedding.inputs import CityData, load_city_data
 from musecl_store.ingest.apply import ingest_bundle
 from musecl_store.store.engine import open_engine, transaction
 from musecl_store.store.schema import ensure_schema
 from training import similarity
 from training.config import TrainConfig
-from training.trainer import positives
+from training.data import positives
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ from musecl_store.store.engine import transaction
 from musecl_store.store.tables import Embedding, ModelVersion, Region
 from musecl_store.store.vectors import load_embeddings
 from training.config import TrainConfig
-from training.trainer import Trainer, TrainingError, train_city
+from training.data import TrainingError
+from training.trainer import Trainer, train_city
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import QueuePool
 
 from musecl_store.cli import main
-from musecl_store.embedding.run import load_city_data, text_embeddings
+from musecl_store.embedding.inputs import load_city_data, text_embeddings
 from musecl_store.ingest.apply import ingest_bundle
 from musecl_store.nn.text import TextEncoder
 from musecl_store.store.cities import get_city
@@ -30,17 +30,11 @@ from musecl_store.store.tables import ModelVersion, Region, TextEmbedding
 from musecl_store.store.vectors import load_embeddings
 from tests.conftest import Backend
 from tests.training.test_train_end_to_end import FAST
+from training.checkpoint import _on_cpu, run_id
 from training.config import TrainConfig
-from training.trainer import (
-    DeviceError,
-    Trainer,
-    TrainingError,
-    _on_cpu,
-    city_content,
-    resolve_device,
-    run_id,
-    train_city,
-)
+from training.data import TrainingError, city_content
+from training.device import DeviceError, resolve_device
+from training.trainer import Trainer, train_city
 
 pytestmark = pytest.mark.slow
 

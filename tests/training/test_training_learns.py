@@ -15,7 +15,8 @@ from sqlalchemy import select
 from musecl_store.demo import make_demo_city
 from musecl_store.downstream.crossval import ridge_cv
 from musecl_store.downstream.ridge import kfold_indices, r2_score
-from musecl_store.embedding.run import embed_regions, load_city_data, region_inputs
+from musecl_store.embedding.inputs import load_city_data, region_inputs
+from musecl_store.embedding.run import embed_regions
 from musecl_store.ingest.apply import ingest_bundle
 from musecl_store.nn.model import MuseclNet
 from musecl_store.nn.text import TextEncoder
