@@ -158,8 +158,8 @@ class Trainer(TrainingLoop):
         self.net.to(self.device)
         for kind in VISUAL:
             self.train_images(kind)
-        # embed.py runs the networks on the CPU tensors it builds: the write-back embeds the
-        # way re-embedding does.
+        # embedding/run.py runs the networks on the CPU tensors it builds: the write-back
+        # embeds the way re-embedding does.
         self.net.cpu()
         visual = visual_means(self.data, self.net, cfg.image_size, self.show)
         counts, mobility = count_inputs(self.data, self.net)
